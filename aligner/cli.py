@@ -1,0 +1,449 @@
+"""`aligner` command line: a thin click layer over the API (no analysis logic here).
+
+Exit codes, for every command: 0 pass, 1 alignment failure (a finding of severity error, or a gate
+regression), 2 usage or environment error (bad arguments, unreadable files, a framework that cannot
+run, nothing compared).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import click
+
+from aligner.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, AlignerError, UsageError
+
+EXIT_HELP = """\b
+Exit codes:
+  0  pass
+  1  alignment failure (an error finding, or a gate regression)
+  2  usage or environment error"""
+LANG = click.Choice(["en", "zh"])
+DTYPE = click.Choice(["float32", "float64"])
+
+
+def _epilog(example: str) -> str:
+    return f"\b\nExample:\n  {example}\n\n{EXIT_HELP}"
+
+
+def interactive() -> bool:
+    """Progress lines only for a person at a terminal; CI logs stay quiet."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class _Progress:
+    """Status lines on stderr with elapsed time (terminal only)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            click.echo(f"[{time.perf_counter() - self.t0:6.1f}s] {message}", err=True)
+
+
+class _Group(click.Group):
+    """Maps the aligner's own errors to their exit codes with a one-line message, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AlignerError as exc:
+            click.echo(f"aligner: error [{exc.slug}]: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _results_dict(obj: Any) -> dict[str, Any]:
+    """The API returns results as a dict, or an object with ``to_dict()``."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise AlignerError(f"the analysis API returned {type(obj).__name__}, not results")
+
+
+def _finish_run(results: Mapping[str, Any], out: Path, lang: str, fixlog_path: str | None,
+                progress: _Progress) -> int:
+    """Sync the fix log (optional), write the run directory, print a summary; exit code by verdict."""
+    from aligner import fixlog
+    from aligner.report import write_outputs
+    from aligner.report.i18n import translator
+    from aligner.report.results import fmt_num
+
+    t = translator(lang)
+    entries: Sequence[Any] = ()
+    if fixlog_path:
+        rep = fixlog.sync_with_results(results, fixlog_path)
+        entries = rep.touched
+        click.echo(f"fixlog: {len(rep.opened)} opened, {len(rep.closed)} closed, {len(rep.partial)} partial, "
+                   f"{len(rep.still_open)} still open ({fixlog.entries_path(fixlog_path)})")
+    progress("writing report")
+    paths = write_outputs(results, out, lang=lang, fixlog_entries=entries)
+    verdict = results.get("verdict")
+    counts = results.get("counts") or {}
+    click.echo(f"{t('cli_verdict')}: {t('verdict_pass') if verdict == 'pass' else t('verdict_fail')} · "
+               + t("counts_line", errors=counts.get("error", 0), warnings=counts.get("warning", 0),
+                   infos=counts.get("info", 0)))
+    fd = results.get("first_divergence")
+    if fd:
+        click.echo(t("sentence_fail_fd", location=fd.get("location", ""), direction=t(str(fd.get("direction"))),
+                     state=fd.get("state", ""), metric=fd.get("metric", ""), value=fmt_num(fd.get("value")),
+                     tol=fmt_num(fd.get("tol"))))
+    click.echo(f"{t('cli_written')}: {paths.index_html}")
+    return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=_epilog("aligner run --model gold_yolo-n --num-classes 20 --img-size 500 --out reports/run1"))
+@click.version_option(package_name="aligner", prog_name="aligner")
+def cli() -> None:
+    """Layer-by-layer PyTorch <-> Jittor alignment debugger (GOLD-YOLO and any model pair)."""
+
+
+@cli.command(short_help="Capture both, compare, write the report.",
+             epilog=_epilog("aligner run --model gold_yolo-n --num-classes 20 --img-size 500 --seed 0 "
+                            "--out reports/n500 --lang zh --fixlog reports/fixlog"))
+@click.option("--model", "model", required=True, help="Registered pair: gold_yolo-n|s|m|l, or small.")
+@click.option("--num-classes", type=int, default=None, help="Number of classes (default: the pair's).")
+@click.option("--img-size", type=int, default=None, help="Square input size in pixels (default: the pair's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=DTYPE, default="float32", show_default=True)
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory: index.html, results.json, layers.csv, summary.md.")
+@click.option("--lang", type=LANG, default="en", show_default=True, help="Language of the report and summary.")
+@click.option("--fixlog", "fixlog_path", type=click.Path(path_type=str), default=None,
+              help="Fix-log directory to open/verify entries in (e.g. reports/fixlog).")
+@click.option("--stats-only", is_flag=True, help="Keep statistics only, not tensors (bounded memory).")
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also run N optimizer steps and record the drift.")
+@click.option("--state", "states", multiple=True, help="Model state(s) to check (default: all of the pair's).")
+@click.option("--no-noise-floor", is_flag=True, help="Skip the float64 reference run (faster, cruder tolerances).")
+def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str, out: Path, lang: str,
+        fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool) -> None:
+    """Capture both frameworks, compare them, and write the report."""
+    from aligner import api
+
+    progress = _Progress(interactive())
+    progress(f"aligning {model} ({dtype}); the first Jittor run compiles kernels and can take minutes")
+    results = _results_dict(api.run_pair(
+        model, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype, stats_only=stats_only,
+        steps=steps, states=list(states) or None, noise_floor=not no_noise_floor,
+        progress=progress if progress.enabled else None))
+    click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
+
+
+@cli.command(short_help="Capture one framework's trace.",
+             epilog=_epilog("aligner capture --framework torch --pair small --out traces/pt && aligner capture "
+                            "--framework jittor --pair small --weights-from traces/pt --out traces/jt"))
+@click.option("--framework", type=click.Choice(["torch", "jittor"]), required=True)
+@click.option("--pair", required=True, help="Registered pair: gold_yolo-n|s|m|l, or small.")
+@click.option("--num-classes", type=int, default=None, help="Number of classes (default: the pair's).")
+@click.option("--img-size", type=int, default=None, help="Square input size (default: the pair's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=DTYPE, default="float32", show_default=True)
+@click.option("--state", "states", multiple=True, help="Model state(s) to capture (default: all).")
+@click.option("--stats-only", is_flag=True, help="Keep statistics only, not tensors.")
+@click.option("--weights-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Jittor side: load the weights stored in this torch trace set.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Trace directory to write.")
+def capture(framework: str, pair: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str,
+            states: Sequence[str], stats_only: bool, weights_from: Path | None, out: Path) -> None:
+    """Capture one framework's trace set in this process (diff two of them with `aligner diff`)."""
+    from aligner.capture import capture_pair
+
+    progress = _Progress(interactive())
+    progress(f"capturing {pair} in {framework}")
+    written = capture_pair(pair, framework, out, states=list(states) or None, full=not stats_only,
+                           weights_from=weights_from, num_classes=num_classes, img_size=img_size, seed=seed,
+                           dtype=dtype)
+    click.echo(f"trace: {written}")
+
+
+@cli.command(short_help="Compare two traces and write the report.",
+             epilog=_epilog("aligner diff traces/pt traces/jt --out reports/diff1"))
+@click.argument("trace_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("trace_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--reference64", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A float64 torch trace set: judge each tensor against the reference's own float32 error.")
+@click.option("--lang", type=LANG, default="en", show_default=True)
+@click.option("--fixlog", "fixlog_path", type=click.Path(path_type=str), default=None)
+def diff(trace_a: Path, trace_b: Path, out: Path, reference64: Path | None, lang: str,
+         fixlog_path: str | None) -> None:
+    """Compare two captured trace sets (the torch one is the reference) and write the report."""
+    from aligner import api
+
+    progress = _Progress(interactive())
+    progress(f"comparing {trace_a} with {trace_b}")
+    results = _results_dict(api.diff(trace_a, trace_b, reference64=reference64,
+                                     progress=progress if progress.enabled else None))
+    click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
+
+
+@cli.command(short_help='Re-render a report from results.json.',
+             epilog=_epilog("aligner report reports/n500/results.json --lang zh --out reports/n500-zh"))
+@click.argument("results_path", metavar="RESULTS", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory to write (default: the directory of RESULTS).")
+@click.option("--lang", type=LANG, default="en", show_default=True)
+@click.option("--fixlog", "fixlog_path", type=click.Path(path_type=str), default=None,
+              help="Show this fix log's entries for the run's pair in the report (read only).")
+def report(results_path: Path, out: Path | None, lang: str, fixlog_path: str | None) -> None:
+    """Re-render index.html, layers.csv and summary.md from a results.json.
+
+    Exits 0 when the report was written, whatever the verdict (2 on unreadable input).
+    """
+    from aligner import fixlog
+    from aligner.report import load_results, write_outputs
+
+    results = load_results(results_path)
+    target = out or (results_path if results_path.is_dir() else results_path.parent)
+    pair = (results.get("run") or {}).get("pair")
+    entries = [e for e in fixlog.load(fixlog_path) if e.pair in (None, pair)] if fixlog_path else []
+    paths = write_outputs(results, target, lang=lang, fixlog_entries=entries)
+    click.echo(f"written: {paths.index_html}")
+
+
+def _parse_budgets(values: Sequence[str], default: float) -> dict[str, float]:
+    budgets = {"": default}
+    for v in values:
+        kind, sep, factor = v.partition("=")
+        try:
+            budgets[kind.strip()] = float(factor)
+        except ValueError:
+            raise UsageError(f"--budget expects KIND=FACTOR (e.g. backward=20), got {v!r}") from None
+        if not sep or not kind.strip():
+            raise UsageError(f"--budget expects KIND=FACTOR (e.g. backward=20), got {v!r}")
+    return budgets
+
+
+@cli.command(short_help='CI gate: error findings and regressions.',
+             epilog=_epilog("aligner gate reports/n320/results.json --baseline tests/baselines/n320.json "
+                            "--junit reports/gate.xml"))
+@click.argument("results_path", metavar="RESULTS", type=click.Path(exists=True, path_type=Path))
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Accepted baseline (written by --update-baseline). Without it only error findings fail.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a JUnit XML file for CI.")
+@click.option("--update-baseline", is_flag=True, help="Accept RESULTS as the new baseline and exit.")
+@click.option("--force", is_flag=True, help="With --update-baseline: accept even a failing run.")
+@click.option("--growth-factor", type=float, default=10.0, show_default=True,
+              help="Allowed growth of a layer's error versus the baseline.")
+@click.option("--budget", "budgets", multiple=True, metavar="KIND=FACTOR",
+              help="Per-kind growth factor (forward, backward, param_grad); repeatable.")
+@click.option("--allow-param-change", is_flag=True, help="Do not fail on parameter-count changes.")
+@click.option("--lang", type=LANG, default="en", show_default=True)
+def gate(results_path: Path, baseline_path: Path | None, junit_path: Path | None, update_baseline: bool,
+         force: bool, growth_factor: float, budgets: Sequence[str], allow_param_change: bool, lang: str) -> None:
+    """Fail on error findings and on regressions against a baseline; print what changed."""
+    from aligner import gate as gate_mod
+    from aligner.report import load_results
+
+    ctx = click.get_current_context()
+    results = load_results(results_path)
+    if update_baseline:
+        if baseline_path is None:
+            raise UsageError("--update-baseline needs --baseline PATH")
+        if results.get("verdict") != "pass" and not force:
+            click.echo("gate: refusing to accept a failing run as baseline (use --force)", err=True)
+            ctx.exit(EXIT_FAIL)
+        gate_mod.write_baseline(results, baseline_path)
+        click.echo(f"baseline updated: {baseline_path}")
+        ctx.exit(EXIT_PASS)
+    baseline = load_results(baseline_path) if baseline_path else None
+    policy = gate_mod.GatePolicy(growth_factor=_parse_budgets(budgets, growth_factor),
+                                 fail_on_param_change=not allow_param_change)
+    result = gate_mod.evaluate(results, baseline, policy)
+    click.echo(gate_mod.format_table(result, lang=lang))
+    if junit_path:
+        gate_mod.write_junit(result, junit_path)
+    ctx.exit(EXIT_PASS if result.passed else EXIT_FAIL)
+
+
+# ---- fix log ---------------------------------------------------------------------------------------
+
+_FIXLOG_DIR = click.option("--dir", "store", type=click.Path(path_type=str), default=None,
+                           help="Fix-log directory (default reports/fixlog).")
+_STATUS = click.Choice(["open", "partial", "done"])
+
+
+@cli.group(short_help='The dated fix log (日期/问题/分析/修复/验证/状态).',
+           cls=_Group, epilog=_epilog("aligner fixlog render --lang zh --out reports/FIXLOG.md"))
+def fixlog() -> None:
+    """The dated fix log (日期/问题/分析/修复/验证/状态): add, edit, list, show, render."""
+
+
+@fixlog.command("add", short_help='Add a manual entry.',
+                       epilog=_epilog('aligner fixlog add --problem "476/480 params get zero grad" '
+                                      '--analysis "loss graph cut" --status open'))
+@_FIXLOG_DIR
+@click.option("--problem", required=True, help="问题")
+@click.option("--analysis", default="", help="分析")
+@click.option("--fix", "fix_text", default="", help="修复")
+@click.option("--verification", default="", help="验证")
+@click.option("--status", type=_STATUS, default="open", show_default=True,
+              help="状态: open ❌, partial ⚠️, done ✅")
+@click.option("--date", default=None, help="YYYY-MM-DD HH:MM (default: now).")
+def fixlog_add(store: str | None, problem: str, analysis: str, fix_text: str, verification: str, status: str,
+               date: str | None) -> None:
+    """Add a manual entry."""
+    from aligner import fixlog as fl
+
+    entry = fl.add(store, problem=problem, analysis=analysis, fix=fix_text, verification=verification,
+                   status=fl.Status(status), date=date)
+    click.echo(entry.id)
+
+
+@fixlog.command("edit", short_help='Change fields of an entry.',
+                        epilog=_epilog('aligner fixlog edit FX0003 --fix "use jt.nn.AdaptiveAvgPool2d with '
+                                       'the torch formula" --status done'))
+@_FIXLOG_DIR
+@click.argument("entry_id")
+@click.option("--problem", default=None)
+@click.option("--analysis", default=None)
+@click.option("--fix", "fix_text", default=None)
+@click.option("--verification", default=None)
+@click.option("--status", type=_STATUS, default=None)
+@click.option("--date", default=None)
+def fixlog_edit(store: str | None, entry_id: str, problem: str | None, analysis: str | None, fix_text: str | None,
+                verification: str | None, status: str | None, date: str | None) -> None:
+    """Change fields of an entry (修复 is usually written here by a person)."""
+    from aligner import fixlog as fl
+
+    entry = fl.edit(store, entry_id, problem=problem, analysis=analysis, fix=fix_text, verification=verification,
+                    status=status, date=date)
+    click.echo(fl.render_entry(entry, "zh"))
+
+
+@fixlog.command("list", short_help='One line per entry.', epilog=_epilog("aligner fixlog list --status open"))
+@_FIXLOG_DIR
+@click.option("--status", type=_STATUS, default=None, help="Only entries with this status.")
+@click.option("--lang", type=LANG, default="zh", show_default=True)
+def fixlog_list(store: str | None, status: str | None, lang: str) -> None:
+    """One line per entry: id, date, status, problem."""
+    from aligner import fixlog as fl
+
+    for e in fl.load(store):
+        if status and e.status.value != status:
+            continue
+        fields = e.fields(lang)
+        problem = fields[1][1].replace("\n", " ")
+        click.echo(f"{e.id}  {e.date}  {e.status.label(lang)}  {problem[:100]}")
+
+
+@fixlog.command("show", short_help='Print one entry in the template.',
+                        epilog=_epilog("aligner fixlog show FX0001 --lang en"))
+@_FIXLOG_DIR
+@click.argument("entry_id")
+@click.option("--lang", type=LANG, default="zh", show_default=True)
+def fixlog_show(store: str | None, entry_id: str, lang: str) -> None:
+    """Print one entry in the template."""
+    from aligner import fixlog as fl
+
+    click.echo(fl.render_entry(fl.get(store, entry_id), lang))
+
+
+@fixlog.command("render", short_help='Render the log to Markdown.',
+                          epilog=_epilog("aligner fixlog render --out reports/FIXLOG.md"))
+@_FIXLOG_DIR
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown file to write (default: stdout).")
+@click.option("--lang", type=LANG, default="zh", show_default=True)
+@click.option("--title", default=None, help="Heading of the document.")
+def fixlog_render(store: str | None, out: Path | None, lang: str, title: str | None) -> None:
+    """Render every entry to Markdown in the template."""
+    from aligner import fixlog as fl
+    from aligner.report.results import atomic_write_text
+
+    text = fl.render_markdown(fl.load(store), lang, title)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(out, text)
+        click.echo(f"written: {out}")
+
+
+# ---- model inspection -----------------------------------------------------------------------------
+
+@cli.command(short_help='Parameter inventory table of a model.',
+             epilog=_epilog("aligner params gold_yolo-n --num-classes 20 --depth 2"))
+@click.argument("model")
+@click.option("--num-classes", type=int, default=20, show_default=True)
+@click.option("--use-dfl/--no-dfl", default=None, help="Override the config's DFL setting.")
+@click.option("--reg-max", type=int, default=None,
+              help="DFL bins (default 16 with --use-dfl, as the official trainer).")
+@click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown.")
+@click.option("--lang", type=LANG, default="en", show_default=True)
+def params(model: str, num_classes: int, use_dfl: bool | None, reg_max: int | None, depth: int, lang: str) -> None:
+    """Parameter inventory of the PyTorch reference model (trainable / frozen / buffers per module)."""
+    from aligner.report.params_table import format_table, module_rows, totals
+
+    try:
+        import reference_torch
+        if use_dfl and reg_max is None:
+            reg_max = 16  # gold_yolo-n ships use_dfl=False, reg_max=0; DFL without bins is no DFL
+        net = reference_torch.build_model(model, num_classes=num_classes, use_dfl=use_dfl, reg_max=reg_max)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"cannot build {model!r}: {exc}") from exc
+    click.echo(format_table(module_rows(net, depth), totals(net), lang=lang))
+
+
+@cli.command(short_help='Anchor count per level for an input size.', epilog=_epilog("aligner anchors --img-size 500"))
+@click.option("--img-size", type=click.IntRange(min=1), required=True, help="Square input size S in pixels.")
+@click.option("--strides", default="8,16,32", show_default=True, help="Comma-separated level strides.")
+@click.option("--lang", type=LANG, default="en", show_default=True)
+def anchors(img_size: int, strides: str, lang: str) -> None:
+    """Per-level feature sizes and the anchor count a GOLD-YOLO head produces for an input size."""
+    from aligner.inventory import expected_anchors
+    from aligner.report.i18n import translator
+
+    t = translator(lang)
+    try:
+        stride_list = [int(s) for s in strides.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--strides expects integers like 8,16,32, got {strides!r}") from None
+    levels = expected_anchors(img_size, stride_list)
+    click.echo(f"{t('anchors_img')} {img_size}")
+    click.echo(f"{t('anchors_cli_level'):<6}{t('stride'):>8}{t('hxw'):>12}{t('count'):>10}")
+    for i, lv in enumerate(levels):
+        hw = f"{lv['h']} x {lv['w']}"
+        click.echo(f"{'P' + str(i + 3):<6}{lv['stride']:>8}{hw:>12}{lv['expected']:>10}")
+    total = sum(lv["expected"] for lv in levels)
+    click.echo(f"{t('anchors_cli_total')}: {' + '.join(str(lv['expected']) for lv in levels)} = {total}")
+    click.echo(t("anchors_formula"))
+
+
+@cli.command(short_help='Check the environment (frameworks, oneDNN).', epilog=_epilog("aligner doctor"))
+def doctor() -> None:
+    """Check that this machine can run both frameworks (oneDNN, kernel cache, a 1 s smoke test)."""
+    from aligner import doctor as doctor_mod
+
+    # doctor returns non-zero when a check failed: that is an environment problem (exit 2)
+    click.get_current_context().exit(EXIT_PASS if doctor_mod.main() == 0 else EXIT_ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `aligner` script and `python -m aligner`; returns the exit code."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="aligner", standalone_mode=False)
+        return rv if isinstance(rv, int) else EXIT_PASS
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors: bad option, missing file
+        exc.show()
+        return EXIT_ERROR
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        return EXIT_ERROR
+    except AlignerError as exc:
+        click.echo(f"aligner: error [{exc.slug}]: {exc}", err=True)
+        return exc.exit_code
+    except Exception:  # the tool broke: show where, exit 2 (not 1, which means "not aligned")
+        traceback.print_exc()
+        return EXIT_ERROR
