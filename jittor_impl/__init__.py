@@ -18,6 +18,10 @@ _EXPORTS = {
     "build_optimizer": "train",
     "generate_anchors": "anchors",
     "load_torch_state_dict": "weights",
+    "count_parameters": "model",
+    "fuse_model": "model",
+    "get_config": "model",
+    "set_train_mode": "model",
 }
 
 __all__ = sorted(_EXPORTS)
