@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_torch_state_dict": "weights",
     "count_parameters": "model",
     "fuse_model": "model",
-    "get_config": "model",
+    "get_config": "configs",
     "set_train_mode": "model",
 }
 
