@@ -1,0 +1,219 @@
+"""Capture orchestration: pair -> seeded models, inputs, weights -> one Trace per (framework, state).
+
+Weights always flow torch -> Jittor: the torch model is built and seeded, put into each state, and
+its parameters + buffers are loaded into the Jittor model and verified (problems land in the Jittor
+trace's ``meta["weight_transfer"]``). Captures run in this process, or one subprocess per framework
+(``python -m aligner.capture``), which writes a trace set the other side can diff anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .adapters import Adapter, LossFn, get_adapter, probe_loss
+from .errors import EnvironmentError, UsageError
+from .pairs import Pair, get_pair
+from .records import Framework, ParamKind, Trace
+from .trace_io import read_weights, write_trace_set
+from .weights import transfer_arrays
+
+__all__ = ["capture_in_process", "capture_pair", "capture_subprocess", "capture_models", "torch_weights",
+           "environment"]
+
+
+def environment() -> dict[str, Any]:
+    """Versions and settings that change numbers (frameworks add their own versions)."""
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+        aligner_version = version("aligner")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        aligner_version = "0+unknown"
+    return {"versions": {"numpy": np.__version__, "python": platform.python_version(), "aligner": aligner_version},
+            "onednn": os.environ.get("use_mkl", "") == "1",
+            "threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def torch_weights(pair: Pair, states: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Parameters + buffers of the pair's torch model in each state (torch names -> arrays)."""
+    ta = get_adapter(Framework.TORCH)
+    model = pair.build_torch()
+    return _torch_states(pair, ta, model, states or pair.states)
+
+
+def _torch_states(pair: Pair, ta: Adapter, model: Any, states: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    params, _ = ta.inventory(model)
+    keep = {p.name for p in params if p.kind != ParamKind.CONSTANT}
+    base = {k: v for k, v in ta.state_arrays(model).items() if k in keep}
+    out = {}
+    for state in states:
+        ta.load_arrays(model, base)
+        pair.apply_state(model, state)
+        out[state] = {k: v for k, v in ta.state_arrays(model).items() if k in keep}
+    ta.load_arrays(model, base)
+    return out
+
+
+def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: Sequence[str] | None = None,
+                       full: bool = True, weights: dict[str, dict[str, np.ndarray]] | None = None,
+                       jittor_options: dict[str, Any] | None = None, model: Any = None, steps: int = 0,
+                       optimizer: dict[str, Any] | None = None, **pair_options: Any) -> dict[str, Trace]:
+    """Capture ``framework``'s side of ``pair`` in every state; returns ``{state: Trace}``.
+
+    ``weights`` (state -> torch arrays) are what the Jittor side loads; by default they are produced
+    here by building the torch model (so this process then imports torch too). ``model`` reuses an
+    already built model (e.g. a deliberately broken Jittor copy); ``jittor_options`` go to
+    ``pair.build_jittor``. ``steps`` > 0 also runs that many SGD steps (``optimizer`` overrides the
+    hyper-parameters: lr 0.01, momentum 0.937, nesterov, weight_decay 5e-4) and stores
+    ``step/<k>/...`` arrays and ``meta["steps"]``; the model is restored afterwards.
+    """
+    return _capture(pair, framework, states=states, full=full, weights=weights, jittor_options=jittor_options,
+                    model=model, steps=steps, optimizer=optimizer, **pair_options)[0]
+
+
+def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[str] | None = None,
+             full: bool = True, weights: dict[str, dict[str, np.ndarray]] | None = None,
+             jittor_options: dict[str, Any] | None = None, model: Any = None, steps: int = 0,
+             optimizer: dict[str, Any] | None = None,
+             **pair_options: Any) -> tuple[dict[str, Trace], dict[str, dict[str, np.ndarray]]]:
+    p = get_pair(pair, **pair_options) if isinstance(pair, str) else pair
+    fw = Framework(framework)
+    states = list(states or p.states)
+    for s in states:
+        if s not in p.states:
+            raise UsageError(f"{p.label}: unknown state {s!r}; known: {list(p.states)}", slug="unknown-state")
+    t0 = time.perf_counter()
+    adapter = get_adapter(fw)
+    if model is None:
+        model = p.build_for(str(fw), **((jittor_options or {}) if fw == Framework.JITTOR else {}))
+    t_build = time.perf_counter() - t0
+    if fw == Framework.TORCH:
+        weights = _torch_states(p, adapter, model, states)
+    elif weights is None:
+        weights = torch_weights(p, states)
+    data = p.make_inputs()
+    loss = p.loss_for(str(fw))
+    env = environment()
+    out: dict[str, Trace] = {}
+    for state in states:
+        t1 = time.perf_counter()
+        problems = transfer_arrays(weights[state], adapter, model)
+        t_transfer = time.perf_counter() - t1
+        p.prepare(model, str(fw))
+        meta = {**env, "pair": p.label, "config": p.config(), "seed": p.seed, "state": state,
+                "states": states, "inputs_recipe": data.meta,
+                "weight_transfer": [asdict(w) for w in problems] if fw == Framework.JITTOR else [],
+                "weight_transfer_checked": len(weights[state])}
+        trace = adapter.capture(model, data.inputs, loss, data.targets, full=full, dtype=p.dtype, meta=meta)
+        timings = {"build": round(t_build, 4), "transfer": round(t_transfer, 4),
+                   "capture": trace.meta["capture_seconds"]}
+        arrays, stats, smeta = dict(trace.arrays), dict(trace.stats), {}
+        if steps:
+            t2 = time.perf_counter()
+            sa, ss, smeta = adapter.train_steps(model, data.inputs, loss, data.targets, steps=steps, full=full,
+                                                dtype=p.dtype, optimizer=optimizer)
+            arrays.update(sa)
+            stats.update(ss)
+            timings["steps"] = round(time.perf_counter() - t2, 4)
+        out[state] = replace(trace, arrays=arrays, stats=stats, stages=p.summarize_stages(trace.arrays),
+                             meta={**trace.meta, **smeta, "timings": timings})
+    return out, weights
+
+
+def capture_pair(pair_name: str | None = None, framework: Framework | str | None = None,
+                 out_dir: str | os.PathLike[str] | None = None, *, states: Sequence[str] | None = None,
+                 full: bool = True, stats_only: bool | None = None,
+                 weights_from: str | os.PathLike[str] | None = None,
+                 jittor_options: dict[str, Any] | None = None, steps: int = 0,
+                 optimizer: dict[str, Any] | None = None, pair: str | None = None,
+                 out: str | os.PathLike[str] | None = None, **pair_options: Any) -> Path:
+    """Capture one framework's side of a registered pair and write the trace set to ``out_dir``.
+
+    The torch side also stores each state's weights in the set; the Jittor side loads them from
+    ``weights_from`` (a torch trace set) when given, else rebuilds the torch model in-process.
+    ``pair=`` / ``out=`` / ``stats_only=`` are accepted as spellings of ``pair_name`` / ``out_dir`` /
+    ``not full``. Other keywords are pair options (num_classes, img_size, seed, dtype, batch, ...).
+    """
+    pair_name = pair_name or pair
+    out_dir = out_dir if out_dir is not None else out
+    if pair_name is None or framework is None or out_dir is None:
+        raise UsageError("capture_pair needs a pair name, a framework and an output directory", slug="usage")
+    if stats_only is not None:
+        full = not stats_only
+    pair = get_pair(pair_name, **pair_options)
+    fw = Framework(framework)
+    st = list(states or pair.states)
+    weights = None
+    if fw == Framework.JITTOR and weights_from is not None:
+        weights = {s: read_weights(weights_from, s) for s in st}
+    traces, used = _capture(pair, fw, states=st, full=full, weights=weights, jittor_options=jittor_options,
+                            steps=steps, optimizer=optimizer)
+    stored = used if fw == Framework.TORCH else None
+    return write_trace_set(traces, out_dir, extra={"pair": pair.label, "config": pair.config()}, weights=stored)
+
+
+def capture_subprocess(pair_name: str, framework: Framework | str, out_dir: str | os.PathLike[str], *,
+                       timeout: float | None = None, **options: Any) -> Path:
+    """Run :func:`capture_pair` in a fresh Python process (``python -m aligner.capture``)."""
+    cmd = [sys.executable, "-m", "aligner.capture", "--framework", str(Framework(framework)),
+           "--pair", pair_name, "--out", str(out_dir), "--options", json.dumps(options, default=str)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if res.returncode != 0:
+        raise EnvironmentError(f"capture subprocess ({framework}) failed with status {res.returncode}:\n"
+                               f"{res.stderr[-4000:]}", slug="capture-subprocess")
+    return Path(out_dir)
+
+
+def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray], *, targets: Any = None,
+                   torch_loss: LossFn | None = None, jittor_loss: LossFn | None = None, transfer: bool = True,
+                   full: bool = True, dtype: str | None = None, seed: int = 0,
+                   state: str = "custom") -> tuple[Trace, Trace]:
+    """Generic capture of any torch model and its Jittor port on the same numpy inputs.
+
+    With ``transfer`` the torch weights are copied into the Jittor model first (problems in the
+    Jittor trace's ``meta["weight_transfer"]``). Without losses a seeded probe loss (sum of outputs
+    times fixed random weights) gives every output a gradient on both sides.
+    """
+    inputs = [np.asarray(a) for a in inputs]
+    dtype = dtype or next((str(a.dtype) for a in inputs if a.dtype.kind == "f"), "float32")
+    ta, ja = get_adapter(Framework.TORCH), get_adapter(Framework.JITTOR)
+    problems = []
+    if transfer:
+        params, _ = ta.inventory(torch_model)
+        keep = {p.name for p in params if p.kind != ParamKind.CONSTANT}
+        src = {k: v for k, v in ta.state_arrays(torch_model).items() if k in keep}
+        problems = transfer_arrays(src, ja, jittor_model)
+    env = environment()
+    meta = {**env, "pair": "custom", "config": {}, "seed": seed, "state": state, "states": [state]}
+    if torch_loss is None and jittor_loss is None:
+        torch_loss = jittor_loss = probe_loss(seed)
+    tt = ta.capture(torch_model, inputs, torch_loss, targets, full=full, dtype=dtype, meta={**meta, "weight_transfer": []})
+    jt_ = ja.capture(jittor_model, inputs, jittor_loss, targets, full=full, dtype=dtype,
+                     meta={**meta, "weight_transfer": [asdict(w) for w in problems]})
+    return tt, jt_
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m aligner.capture --framework F --pair P --out DIR [--options JSON]`` (subprocess entry)."""
+    ap = argparse.ArgumentParser(prog="python -m aligner.capture")
+    ap.add_argument("--framework", required=True, choices=[f.value for f in Framework])
+    ap.add_argument("--pair", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--options", default="{}", help="JSON object of capture_pair keyword options")
+    args = ap.parse_args(argv)
+    capture_pair(args.pair, args.framework, args.out, **json.loads(args.options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The Pair protocol: how to build, feed, train-mode and score one PyTorch model and its Jittor port.
+
+A pair is a plain object (options in, models out). Framework imports happen inside its methods, so
+importing a pair module loads no framework. Weights always flow torch -> Jittor: the torch side is
+built and seeded (and put into the requested state), then copied into the Jittor model, so both
+frameworks see identical numbers.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..adapters.base import LossFn
+
+__all__ = ["Pair", "PairInputs"]
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """Numpy inputs of one run; the adapters turn them into framework tensors."""
+    inputs: list[np.ndarray]                  # positional model inputs
+    targets: Any = None                       # numpy array / nested structure for the loss
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able description (shapes, recipe)
+
+
+class Pair(ABC):
+    """A registered model pair. Subclasses set ``name``/``states`` and implement the hooks below."""
+
+    name: str = "pair"
+    states: tuple[str, ...] = ("default",)   # model states a default run checks, in order
+    item_names: tuple[str, ...] = ()         # loss item names (stage "loss_items")
+
+    def __init__(self, *, seed: int = 0, dtype: str = "float32", batch: int = 2) -> None:
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.seed, self.dtype, self.batch = seed, dtype, batch
+
+    def config(self) -> dict[str, Any]:
+        """Pair-specific options for results.json ``run.config`` (JSON-able)."""
+        return {"batch": self.batch}
+
+    @property
+    def label(self) -> str:
+        """Registered name with its variant, e.g. ``gold_yolo-n``."""
+        return self.name
+
+    # ----- models ------------------------------------------------------------------------------
+    @abstractmethod
+    def build_torch(self) -> Any:
+        """The seeded reference model, in ``self.dtype``, in the mode the run checks."""
+
+    @abstractmethod
+    def build_jittor(self, **options: Any) -> Any:
+        """The port, in ``self.dtype`` (its weights are replaced by the torch ones)."""
+
+    def apply_state(self, torch_model: Any, state: str) -> None:
+        """Put the torch model's weights into ``state`` (in place); the default has one state."""
+        if state not in self.states:
+            raise ValueError(f"{self.name}: unknown state {state!r}; known: {list(self.states)}")
+
+    def prepare(self, model: Any, framework: str) -> None:
+        """Set the mode a capture runs in (train mode by default; never Jittor's eval() before grads)."""
+        if framework == "torch":
+            model.train()
+        else:
+            for _, m in model.named_modules():
+                m.is_train = True
+
+    # ----- data and loss -------------------------------------------------------------------------
+    @abstractmethod
+    def make_inputs(self, seed: int | None = None) -> PairInputs:
+        """Deterministic numpy inputs/targets from ``seed`` (default: the pair's seed)."""
+
+    @abstractmethod
+    def torch_loss(self) -> LossFn:
+        """``loss(outputs, targets, ctx) -> scalar``; stages recorded with ``ctx.record``."""
+
+    @abstractmethod
+    def jittor_loss(self) -> LossFn:
+        """Same contract as :meth:`torch_loss`, for the Jittor model."""
+
+    def loss_for(self, framework: str) -> LossFn:
+        return self.torch_loss() if framework == "torch" else self.jittor_loss()
+
+    def build_for(self, framework: str, **options: Any) -> Any:
+        return self.build_torch() if framework == "torch" else self.build_jittor(**options)
+
+    # ----- stages --------------------------------------------------------------------------------
+    def summarize_stages(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """JSON-able summaries of ``stage/*`` arrays; the default reports the loss."""
+        out: dict[str, Any] = {}
+        if "stage/loss" in arrays:
+            loss: dict[str, Any] = {"total": float(np.asarray(arrays["stage/loss"]).reshape(-1)[0])}
+            if "stage/loss_items" in arrays:
+                loss["items"] = [float(v) for v in np.asarray(arrays["stage/loss_items"]).reshape(-1)]
+                loss["item_names"] = list(self.item_names)
+            out["loss"] = loss
+        return out

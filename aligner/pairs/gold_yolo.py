@@ -1,0 +1,224 @@
+"""The GOLD-YOLO pair: reference_torch vs jittor_impl, with the golden data's recipes.
+
+* Model: ``build_model("gold_yolo-<size>", num_classes, use_dfl, reg_max, drop_path_rate=0)``
+  (drop path off so train mode is deterministic), seeded with ``torch.manual_seed(seed)``, train mode.
+* Inputs (golden README step 1): ``rng = np.random.default_rng(seed)``; image ``rng.random((B,3,S,S),
+  float32)``; then 3 boxes per image, each ``cls = rng.integers(0, nc)``, ``w, h = rng.uniform(lo, hi)``
+  with (lo, hi) = (0.05, 0.15), (0.15, 0.3), (0.3, 0.5), ``cx, cy = rng.uniform(w/2+0.005, 1-w/2-0.005)``.
+* States: ``init`` (official init: prediction convs are zero, so only the heads get gradients) and
+  ``perturbed`` (README step 3: seed 1, cls_preds then reg_preds weights ~ N(0, 0.01), every
+  ``*.attn.proj.1.bn.weight`` = 1), drawn in float32 so float64 runs see the same weights.
+* Stages: ``anchors`` / ``anchor_points`` / ``anchors_per_level`` / ``stride_tensor`` (what the loss's
+  ``generate_anchors`` returned), ``feat_hw``, ``assign/<target_labels|target_bboxes|target_scores|fg_mask>``
+  (the assigner's outputs, before the loss divides the boxes by the stride), ``loss_items``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..adapters.base import LossContext, LossFn
+from .base import Pair, PairInputs
+
+__all__ = ["GoldYoloPair", "BOX_RANGES", "expected_anchors"]
+
+SIZES = ("n", "s", "m", "l")
+BOX_RANGES = ((0.05, 0.15), (0.15, 0.3), (0.3, 0.5))  # (lo, hi) of w and h for box 0, 1, 2 of an image
+STRIDES = (8, 16, 32)
+ASSIGN_NAMES = ("target_labels", "target_bboxes", "target_scores", "fg_mask")
+
+
+def expected_anchors(img_size: int, strides: tuple[int, ...] = STRIDES) -> list[dict[str, int]]:
+    """Per level h = w = ceil(S / stride): each stride-2 conv (k3, p1) maps n to ceil(n / 2)."""
+    return [{"stride": s, "h": math.ceil(img_size / s), "w": math.ceil(img_size / s),
+             "count": math.ceil(img_size / s) ** 2} for s in strides]
+
+
+class _Tap:
+    """Stands in for an assigner during one loss call and records its outputs as stages."""
+
+    def __init__(self, inner: Any, ctx: LossContext) -> None:
+        self.inner, self.ctx = inner, ctx
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        self.ctx.record("assign", dict(zip(ASSIGN_NAMES, out)))
+        return out
+
+
+@contextmanager
+def _tapped(loss_obj: Any, ctx: LossContext) -> Iterator[None]:
+    """Record anchors and assigner outputs during one call of a ComputeLoss (either framework).
+
+    ``generate_anchors`` is a module-level function of the loss module, so it is swapped there for the
+    duration of the call and put back in ``finally``; the assigners are instance attributes.
+    """
+    mod = sys.modules[type(loss_obj).__module__]
+    orig_ga = mod.generate_anchors
+    orig = (loss_obj.formal_assigner, loss_obj.warmup_assigner)
+
+    def generate_anchors(*args: Any, **kwargs: Any) -> Any:
+        res = orig_ga(*args, **kwargs)
+        if len(res) == 4:  # train mode: (anchors, anchor_points, n_anchors_list, stride_tensor)
+            ctx.record("anchors", res[0])
+            ctx.record("anchor_points", res[1])
+            ctx.record("anchors_per_level", np.asarray(res[2], dtype=np.int64))
+            ctx.record("stride_tensor", res[3])
+        return res
+
+    mod.generate_anchors = generate_anchors
+    loss_obj.formal_assigner, loss_obj.warmup_assigner = _Tap(orig[0], ctx), _Tap(orig[1], ctx)
+    try:
+        yield
+    finally:
+        mod.generate_anchors = orig_ga
+        loss_obj.formal_assigner, loss_obj.warmup_assigner = orig
+
+
+class GoldYoloPair(Pair):
+    name = "gold_yolo"
+    states = ("init", "perturbed")
+    item_names = ("iou", "dfl", "cls")
+
+    def __init__(self, *, size: str = "n", num_classes: int = 20, img_size: int = 500, use_dfl: bool = True,
+                 reg_max: int | None = None, batch: int = 2, dtype: str = "float32", seed: int = 0,
+                 assigner: str = "tal") -> None:
+        super().__init__(seed=seed, dtype=dtype, batch=batch)
+        if size not in SIZES:
+            raise ValueError(f"gold_yolo size must be one of {SIZES}, got {size!r}")
+        if assigner not in ("tal", "atss"):
+            raise ValueError("assigner must be 'tal' (warmup_epoch 0) or 'atss' (warm-up path)")
+        if img_size < 32 or num_classes < 1 or batch < 1:
+            raise ValueError("need img_size >= 32, num_classes >= 1, batch >= 1")
+        self.size, self.num_classes, self.img_size, self.use_dfl = size, num_classes, img_size, use_dfl
+        self.reg_max = (16 if use_dfl else 0) if reg_max is None else reg_max
+        self.assigner = assigner
+
+    @property
+    def label(self) -> str:
+        return f"gold_yolo-{self.size}"
+
+    def config(self) -> dict[str, Any]:
+        return {"size": self.size, "num_classes": self.num_classes, "img_size": self.img_size,
+                "use_dfl": self.use_dfl, "reg_max": self.reg_max, "batch": self.batch,
+                "assigner": self.assigner, "drop_path_rate": 0.0}
+
+    def _build_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "use_dfl": self.use_dfl, "reg_max": self.reg_max,
+                "drop_path_rate": 0.0}
+
+    # ----- models ------------------------------------------------------------------------------
+    def build_torch(self) -> Any:
+        import torch  # noqa: PLC0415 - lazy
+        import reference_torch  # noqa: PLC0415
+        torch.manual_seed(self.seed)
+        model = reference_torch.build_model(self.label, **self._build_args())
+        if self.dtype == "float64":  # built (and initialised) in float32, as the golden step 7 does
+            model = model.double()
+        self.prepare(model, "torch")
+        return model
+
+    def build_jittor(self, **options: Any) -> Any:
+        import aligner.env  # noqa: F401, PLC0415 - before jittor
+        import jittor as jt  # noqa: PLC0415
+        import jittor_impl  # noqa: PLC0415
+        jt.set_global_seed(self.seed)
+        model = jittor_impl.build_model(self.label, **self._build_args())
+        if self.dtype == "float64":
+            model.float64()
+        self.prepare(model, "jittor")
+        return model
+
+    def apply_state(self, torch_model: Any, state: str) -> None:
+        super().apply_state(torch_model, state)
+        if state != "perturbed":
+            return
+        import torch  # noqa: PLC0415
+        torch.manual_seed(1)
+        det = torch_model.detect
+        with torch.no_grad():
+            for w in [c.weight for c in det.cls_preds] + [c.weight for c in det.reg_preds]:
+                w.copy_(torch.empty(w.shape, dtype=torch.float32).normal_(0, 0.01))
+            for name, p in torch_model.named_parameters():
+                if name.endswith("attn.proj.1.bn.weight"):
+                    p.fill_(1.0)
+
+    # ----- data and loss -------------------------------------------------------------------------
+    def make_inputs(self, seed: int | None = None) -> PairInputs:
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        b, s = self.batch, self.img_size
+        image = rng.random((b, 3, s, s), dtype=np.float32)
+        rows = []
+        for i in range(b):
+            for lo, hi in BOX_RANGES:
+                c = rng.integers(0, self.num_classes)
+                w, h = rng.uniform(lo, hi), rng.uniform(lo, hi)
+                cx = rng.uniform(w / 2 + 0.005, 1 - w / 2 - 0.005)
+                cy = rng.uniform(h / 2 + 0.005, 1 - h / 2 - 0.005)
+                rows.append([i, c, cx, cy, w, h])
+        targets = np.asarray(rows, dtype=np.float32)  # float32 in both runs, as the golden data
+        return PairInputs([image.astype(self.dtype)], targets,
+                          {"recipe": "golden README step 1", "boxes_per_image": len(BOX_RANGES)})
+
+    def _loss_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "img_size": self.img_size, "use_dfl": self.use_dfl,
+                "reg_max": self.reg_max, "warmup_epoch": 0 if self.assigner == "tal" else 4}
+
+    def torch_loss(self) -> LossFn:
+        import torch  # noqa: PLC0415
+        import reference_torch  # noqa: PLC0415
+        loss_obj = reference_torch.build_loss(self.label, **self._loss_args())
+        if self.dtype == "float64":  # golden step 7: only the DFL projection is cast
+            loss_obj.proj = torch.nn.Parameter(loss_obj.proj.double(), requires_grad=False)
+        return self._wrap(loss_obj)
+
+    def jittor_loss(self) -> LossFn:
+        import jittor_impl  # noqa: PLC0415
+        return self._wrap(jittor_impl.build_loss(self.label, **self._loss_args()))
+
+    @staticmethod
+    def _wrap(loss_obj: Any) -> LossFn:
+        def loss(outputs: Any, targets: Any, ctx: LossContext) -> Any:
+            head = outputs[0]  # Model returns [(feats, pred_scores, pred_distri), featmaps]
+            ctx.record("feat_hw", np.asarray([list(f.shape[2:]) for f in head[0]], dtype=np.int64))
+            with _tapped(loss_obj, ctx):
+                total, items = loss_obj(head, targets, epoch_num=0, step_num=0)
+            ctx.record("loss_items", items)
+            return total
+        return loss
+
+    # ----- stages --------------------------------------------------------------------------------
+    def summarize_stages(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        out = super().summarize_stages(arrays)
+        exp = expected_anchors(self.img_size)
+        anchors: dict[str, Any] = {"img_size": self.img_size, "strides": list(STRIDES),
+                                   "expected": sum(e["count"] for e in exp)}
+        per_level = arrays.get("stage/anchors_per_level")
+        hw = arrays.get("stage/feat_hw")
+        if per_level is not None:
+            per = [int(v) for v in np.asarray(per_level).reshape(-1)]
+            anchors["count"] = int(sum(per))
+            anchors["levels"] = [{"stride": e["stride"], "h": int(hw[i][0]) if hw is not None and i < len(hw) else None,
+                                  "w": int(hw[i][1]) if hw is not None and i < len(hw) else None,
+                                  "count": per[i] if i < len(per) else None, "expected": e["count"]}
+                                 for i, e in enumerate(exp)]
+        elif "stage/anchors" in arrays:
+            anchors["count"] = int(np.asarray(arrays["stage/anchors"]).shape[0])
+        out["anchors"] = anchors
+        fg = arrays.get("stage/assign/fg_mask")
+        if fg is not None:
+            fgb = np.asarray(fg).astype(bool)
+            assign: dict[str, Any] = {"fg_count": int(fgb.sum())}
+            if "stage/assign/target_scores" in arrays:
+                assign["target_scores_sum"] = float(np.asarray(arrays["stage/assign/target_scores"],
+                                                               np.float64).sum())
+            if per_level is not None:
+                edges = np.cumsum([0] + [int(v) for v in np.asarray(per_level).reshape(-1)])
+                flat = fgb.reshape(fgb.shape[0], -1) if fgb.ndim > 1 else fgb[None]
+                assign["fg_per_level"] = [int(flat[:, a:b].sum()) for a, b in zip(edges[:-1], edges[1:])]
+            out["assigner"] = assign
+        return out
