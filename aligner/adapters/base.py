@@ -232,11 +232,19 @@ class Adapter(ABC):
                     seen[id(nt.tensor)] = int(np.prod(tuple(nt.tensor.shape), dtype=np.int64))
             return sum(seen.values())
 
+        # group once by owner and by every ancestor prefix: per-module scans over ``named`` were quadratic
+        # (GOLD-YOLO: 621 modules x ~900 tensors, 0.11 s -> 0.03 s per call, same result)
+        own_of: dict[str, list[NamedTensor]] = {}
+        sub_of: dict[str, list[NamedTensor]] = {}
+        for nt in named:
+            own_of.setdefault(nt.module, []).append(nt)
+            parts = nt.module.split(".") if nt.module else []
+            for i in range(1, len(parts) + 1):
+                sub_of.setdefault(".".join(parts[:i]), []).append(nt)
         out = []
         for name, m in self._named_modules(model):
-            own = [nt for nt in named if nt.module == name]
-            sub = named if name == "" else [nt for nt in named
-                                            if nt.module == name or nt.module.startswith(name + ".")]
+            own = own_of.get(name, [])
+            sub = named if name == "" else sub_of.get(name, [])
             out.append(ModuleInfo(name=name, type=type(m).__name__, depth=0 if name == "" else name.count(".") + 1,
                                   training=self._module_training(m), flags=module_flags(m),
                                   own_trainable=numel(own, ParamKind.TRAINABLE),

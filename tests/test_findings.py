@@ -1,0 +1,352 @@
+"""Finding rules on synthetic traces (pure numpy): the right type, severity and location."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _synth import make_trace, port_of, set_param  # noqa: E402
+
+from aligner.api import analyze, write_results
+from aligner.compare import StateTraces
+from aligner.errors import NoMatchError
+from aligner.inventory import expected_anchors
+from aligner.records import FindingType as T, FrozenBy, GradStatus, ParamKind, Severity
+
+
+def run(t, j, t64=None, state="perturbed", **kw):
+    return analyze([StateTraces(state, t, j, t64)], **kw)
+
+
+def types(result, severity=None):
+    return [(f.type, f.location) for f in result.findings if severity is None or f.severity == severity]
+
+
+def test_correct_port_passes_without_findings():
+    t = make_trace()
+    r = run(t, port_of(t))
+    assert r.verdict == "pass" and r.findings == [] and r.first_divergence is None
+    d = r.to_dict()
+    assert d["schema"] == 1 and d["counts"] == {"error": 0, "warning": 0, "info": 0, "by_type": {}}
+    assert {row["kind"] for row in d["layers"]} == {"forward", "backward", "param", "param_grad"}
+
+
+def test_zero_vs_unreachable_is_an_error():
+    t = make_trace(state="init", zero_head=True)
+    j = port_of(t)
+    # the reference's neck gradient is exactly zero but reachable; the port's graph is broken there
+    j = set_param(j, "neck.conv.weight", grad_status=GradStatus.UNREACHABLE, grad_max_abs=None)
+    j.arrays.pop("pgrad/neck.conv.weight")
+    r = run(t, j, state="init")
+    f = r.by_type(T.GRADIENT_PATTERN)
+    assert len(f) == 1 and f[0].severity == Severity.ERROR and f[0].location == "neck.conv"
+    assert f[0].evidence["torch_status"] == ["zero"] and f[0].evidence["jittor_status"] == ["unreachable"]
+    assert r.verdict == "fail"
+    assert not r.by_type(T.GRAD_SPARSITY_EXPLAINED)        # patterns differ: no "expected" info
+
+
+def test_same_sparse_pattern_is_info_only():
+    t = make_trace(state="init", zero_head=True)
+    r = run(t, port_of(t), state="init")
+    assert r.verdict == "pass"
+    assert [f.severity for f in r.findings] == [Severity.INFO]
+    f = r.findings[0]
+    assert f.type == T.GRAD_SPARSITY_EXPLAINED
+    assert f.message.startswith("only 2 of 6 parameter tensors receive a gradient in both frameworks")
+    assert "head.pred.weight" in f.evidence["zero_initialised"]
+    assert f.evidence["explained_by"] == "prediction convolutions"
+    pat = r.to_dict()["params"]["grad_pattern"]["init"]
+    assert pat["same"] and pat["torch"] == {"nonzero": 2, "zero": 4, "unreachable": 0, "frozen": 0}
+    assert pat["per_module"]["backbone"] == {"torch": [0, 3, 0], "jittor": [0, 3, 0]}
+
+
+def test_anchor_drift_explains_expected_count():
+    assert sum(lv["expected"] for lv in expected_anchors(500, [8, 16, 32])) == 5249
+    assert sum(lv["expected"] for lv in expected_anchors(320, [8, 16, 32])) == 2100
+    assert sum(lv["expected"] for lv in expected_anchors(640, [8, 16, 32])) == 8400
+    t = make_trace()
+    t = replace(t, stages={"anchors": {"count": 5249, "strides": [8, 16, 32], "img_size": 500,
+                                       "n_per_level": [3969, 1024, 256]}})
+    j = replace(port_of(t), stages={"anchors": {"count": 2100, "strides": [8, 16, 32], "img_size": 500}})
+    r = run(t, j)
+    f = r.by_type(T.ANCHOR_COUNT_DRIFT)
+    assert len(f) == 1 and f[0].severity == Severity.ERROR and f[0].location == "anchors"
+    assert "expected 5249" in f[0].message and "63x63 + 32x32 + 16x16" in f[0].message
+    assert "2100 is the count for 320x320" in f[0].message
+    block = r.to_dict()["anchors"]
+    assert block["expected"] == 5249 and block["torch"] == 5249 and block["jittor"] == 2100
+    assert [lv["h"] for lv in block["levels"]] == [63, 32, 16]
+
+
+def test_param_count_drift_at_the_right_module():
+    t = make_trace()
+    j = port_of(t)
+    # the port's neck conv has 8 input channels instead of 4 (widths scaled twice)
+    j = set_param(j, "neck.conv.weight", shape=(4, 8, 3, 3), numel=288)
+    r = run(t, j)
+    drift = r.by_type(T.PARAM_COUNT_DRIFT)
+    assert len(drift) == 1 and drift[0].location == "neck.conv"
+    assert drift[0].evidence["drift_trainable"] == 144 and drift[0].evidence["drift_buffers"] == 0
+    shape = r.by_type(T.SHAPE_MISMATCH)
+    assert shape and shape[0].location == "neck.conv"
+    mods = {m["name"]: m for m in r.to_dict()["modules"]}
+    assert not mods["neck"]["ok"] and mods["backbone"]["ok"]
+    assert mods["neck"]["jittor"]["trainable"] == 288
+
+
+def test_buffer_drift_reported_separately():
+    t = make_trace()
+    j = port_of(t)
+    j = replace(j, params=[p for p in j.params if p.name != "backbone.1.running_var"])
+    r = run(t, j)
+    drift = r.by_type(T.PARAM_COUNT_DRIFT)
+    assert drift[0].location == "backbone.1" and drift[0].evidence["drift_buffers"] == -4
+    assert drift[0].evidence["drift_trainable"] == 0
+    assert r.by_type(T.MISSING_PARAMETER)[0].location == "backbone.1"
+
+
+def test_forward_divergence_first_module_and_introduced_ratio():
+    t = make_trace()
+    j = port_of(t)
+    # neck.conv computes something else; everything after inherits the error
+    for k in ("act/3/", "act/5/"):
+        j.arrays[k] = j.arrays[k] * 1.01
+    r = run(t, j)
+    fd = r.first_divergence
+    assert fd is not None and fd.direction == "forward" and fd.location == "neck.conv"
+    rows = {(row.kind.value, row.torch_name): row for row in r.rows}
+    assert rows[("forward", "neck.conv")].introduced_ratio > 1e3       # introduced here
+    assert rows[("forward", "head.pred")].introduced_ratio == pytest.approx(1.0, rel=0.2) or \
+        rows[("forward", "head.pred")].introduced_ratio < 10            # inherited
+    f = r.by_type(T.FORWARD_DIVERGENCE)
+    assert f[0].location == "neck.conv" and f[0].severity == Severity.ERROR
+    assert r.findings[0].type == T.FORWARD_DIVERGENCE
+
+
+def test_detach_in_a_module_is_the_backward_divergence():
+    t = make_trace()
+    j = port_of(t)
+    # a detach at the output of "neck": its own output gradient is fine, nothing reaches inside it
+    j.calls[4] = replace(j.calls[4], alias_of=None)          # the detached tensor is a new object
+    for i in (5, 6):                                          # ... and it is what the head consumes
+        j.calls[i] = replace(j.calls[i], input_keys=("act/4/",))
+    j.arrays["act/4/"] = j.arrays["act/3/"].copy()
+    j.arrays["gact/4/"] = t.arrays["gact/3/"].copy()
+    t.arrays["gact/4/"] = t.arrays["gact/3/"].copy()
+    for k in ("gact/0/", "gact/1/", "gact/3/"):
+        j.arrays.pop(k)
+    for name in ("backbone.0.weight", "backbone.1.weight", "backbone.1.bias", "neck.conv.weight"):
+        j = set_param(j, name, grad_status=GradStatus.UNREACHABLE, grad_max_abs=None)
+        j.arrays.pop("pgrad/" + name)
+    r = run(t, j)
+    fd = r.first_divergence
+    assert fd.direction == "backward" and fd.location == "neck"
+    assert fd.torch_name == "neck.conv"
+    bd = r.by_type(T.BACKWARD_DIVERGENCE)[0]
+    assert bd.location == "neck" and bd.evidence["graph_broken"]
+    un = r.by_type(T.UNREACHABLE_GRADIENT)
+    assert un and un[0].evidence["count"] == 4
+    assert r.findings[0].type == T.BACKWARD_DIVERGENCE
+
+
+def test_graph_break_in_the_loss():
+    t = make_trace()
+    j = port_of(t)
+    for k in [k for k in j.arrays if k.startswith("gact/")]:
+        j.arrays[k] = np.zeros_like(j.arrays[k])
+    r = run(t, j)
+    assert r.first_divergence.location == "loss"
+
+
+def test_noise_floor_accepts_reference_level_gradient_error():
+    # the reference's own float32 gradients are 2% off float64 (near-init BN), the port's as well
+    t64 = make_trace(dtype="float64")
+    t32 = port_of(t64, noise=0.0)
+    t32 = replace(t32, meta={**t32.meta, "framework": "torch", "dtype": "float32"})
+    rng = np.random.default_rng(5)
+    t32.arrays.update({k: (a * (1 + 0.02 * rng.standard_normal(a.shape))).astype(np.float32)
+                       for k, a in t64.arrays.items() if k.startswith("pgrad/")})
+    t32.arrays.update({k: a.astype(np.float32) for k, a in t64.arrays.items() if not k.startswith("pgrad/")})
+    j = port_of(t32, noise=0.0)
+    j.arrays.update({k: (a * (1 + 0.02 * rng.standard_normal(a.shape))).astype(np.float32)
+                     for k, a in t64.arrays.items() if k.startswith("pgrad/")})
+    strict = run(t32, j, tolerances={"no_floor_factor": {}})
+    assert strict.verdict == "fail"                   # a fixed 2e-2 bound raises false alarms ...
+    with_floor = run(t32, j, t64)
+    assert with_floor.verdict == "pass", [f.message for f in with_floor.errors]
+    row = next(r for r in with_floor.rows if r.kind.value == "param_grad")
+    assert row.judgement.metric == "rel_l2_fp64" and row.judgement.noise_floor > 1e-3
+    # a real bug (one gradient 40% off) is caught with the floor (bound 10 x ~2% for tensors under 1000 elements) ...
+    j.arrays["pgrad/neck.conv.weight"] = (t64.arrays["pgrad/neck.conv.weight"] * 1.4).astype(np.float32)
+    bug = run(t32, j, t64)
+    assert bug.verdict == "fail"
+    assert [r.torch_name for r in bug.rows if not r.ok] == ["neck.conv.weight"]
+    # ... and missed by the widened fixed bound a run without a float64 reference falls back to
+    assert run(t32, j).verdict == "pass"
+
+
+def test_mode_mismatch_bn_eps_and_eval():
+    t = make_trace()
+    j = port_of(t)
+    mods = [replace(m, flags={**m.flags, "bn_eps": 1e-5}) if m.name == "backbone.1" else m for m in j.modules]
+    r = run(t, replace(j, modules=mods))
+    f = r.by_type(T.MODE_MISMATCH)
+    assert len(f) == 1 and f[0].location == "backbone.1" and f[0].evidence["flag"] == "bn_eps"
+    # eval() on the Jittor side: every module not training, every parameter frozen by eval
+    mods = [replace(m, training=False) for m in j.modules]
+    params = [replace(p, kind=ParamKind.FROZEN, grad_status=GradStatus.FROZEN, frozen_by=FrozenBy.EVAL,
+                      grad_max_abs=None)
+              if p.kind == ParamKind.TRAINABLE else p for p in j.params]
+    je = replace(j, modules=mods, params=params,
+                 arrays={k: v for k, v in j.arrays.items() if not k.startswith("pgrad/")})
+    r = run(t, je)
+    mm = r.by_type(T.MODE_MISMATCH)
+    assert mm[0].location == "" and mm[0].evidence["flag"] == "training"
+    fz = r.by_type(T.FROZEN_PARAMETER)
+    assert fz and fz[0].evidence["frozen_by"] == "frozen_by_eval" and fz[0].location == ""
+    assert "eval()" in fz[0].likely_cause and len(fz) == 1 and fz[0].evidence["count"] == 6
+    assert not r.by_type(T.PARAM_COUNT_DRIFT)          # freezing is not a count drift
+    assert r.findings[0].type == T.MODE_MISMATCH
+
+
+def test_nan_in_port():
+    t = make_trace()
+    j = port_of(t)
+    j.arrays["act/5/"] = j.arrays["act/5/"].copy()
+    j.arrays["act/5/"][0, 0, 0, 0] = np.nan
+    r = run(t, j)
+    f = r.by_type(T.NAN_INF)
+    assert f and f[0].location == "head.pred" and f[0].severity == Severity.ERROR
+
+
+def test_loss_and_assigner():
+    t = replace(make_trace(), stages={"loss": {"total": 5.0713584, "items": [1.14, 1.42, 2.51],
+                                               "item_names": ["iou", "dfl", "cls"]},
+                                      "assigner": {"fg_count": 78, "target_scores_sum": 3.2}})
+    j = replace(port_of(t), stages={"loss": {"total": 5.0713590, "items": [1.14, 1.42, 2.60],
+                                             "item_names": ["iou", "dfl", "cls"]},
+                                    "assigner": {"fg_count": 77, "target_scores_sum": 3.2}})
+    r = run(t, j)
+    locs = {f.location for f in r.by_type(T.LOSS_DIVERGENCE)}
+    assert locs == {"loss.cls"}                         # total within 1e-4, cls 3.6% off
+    a = r.by_type(T.ASSIGNER_MISMATCH)
+    assert a and "fg_count 78 vs 77" in a[0].message
+    d = r.to_dict()
+    assert d["loss"]["perturbed"]["item_names"] == ["iou", "dfl", "cls"]
+    assert d["assigner"]["perturbed"]["jittor"]["fg_count"] == 77
+
+
+def test_unmatched_and_nothing_compared():
+    t = make_trace()
+    j = port_of(t)
+    j = replace(j, calls=j.calls[:-1])                  # the port's root call is missing
+    r = run(t, j)
+    f = r.by_type(T.UNMATCHED_MODULE)
+    assert f and f[0].severity == Severity.WARNING and r.to_dict()["unmatched"]["torch"] == [""]
+    empty = replace(j, calls=[], params=[])
+    with pytest.raises(NoMatchError):
+        run(replace(t, params=[]), empty)
+
+
+def test_results_json_roundtrip(tmp_path):
+    from aligner.report.results import load_results
+    t = make_trace()
+    j = port_of(t)
+    j.arrays["act/3/"] = j.arrays["act/3/"] * np.nan   # non-finite numbers must become null
+    path = write_results(run(t, j), tmp_path)
+    data = json.loads(path.read_text())
+    assert load_results(tmp_path)["verdict"] == "fail"
+    assert list(data)[:4] == ["schema", "run", "verdict", "first_divergence"]
+    for key in ("counts", "findings", "layers", "unmatched", "params", "anchors", "loss", "assigner",
+                "steps", "modules"):
+        assert key in data
+    f = data["findings"][0]
+    assert f["id"] == "F001" and {"type", "severity", "state", "location", "message", "message_zh",
+                                  "evidence", "likely_cause", "likely_cause_zh"} <= set(f)
+    assert data["counts"]["error"] == sum(1 for x in data["findings"] if x["severity"] == "error")
+    assert not list(tmp_path.glob(".results-*"))       # no temp file left behind
+
+
+def test_float64_run_bounded_by_float32_sensitivity():
+    # float64 run: the float32 reference measures how much each tensor amplifies float32 perturbations
+    t64 = make_trace(dtype="float64")
+    j64 = port_of(t64, noise=0.0)
+    rng = np.random.default_rng(3)
+    t32 = replace(port_of(t64, noise=0.0), meta={**t64.meta, "dtype": "float32"})
+    t32.arrays.update({k: (a * (1 + 1e-3 * rng.standard_normal(a.shape))).astype(np.float32)
+                       for k, a in t64.arrays.items() if k.startswith("act/")})
+    k = "act/3/"
+    j64.arrays[k] = t64.arrays[k] * (1 + 1e-3 * rng.standard_normal(t64.arrays[k].shape))
+    j64.arrays["act/5/"] = t64.arrays["act/5/"] * (1 + 1e-3 * rng.standard_normal(t64.arrays["act/5/"].shape))
+    assert analyze([StateTraces("s", t64, j64)]).verdict == "fail"            # fixed float64 bounds
+    ok = analyze([StateTraces("s", t64, j64, None, t32)])
+    assert ok.verdict == "pass" and ok.run["noise_floor_available"]
+    j64.arrays[k] = t64.arrays[k] * 1.05                                        # 5%: a real difference
+    bad = analyze([StateTraces("s", t64, j64, None, t32)])
+    assert bad.first_divergence.location == "neck.conv"
+
+
+def test_reference_with_other_weights_disables_the_noise_floor():
+    t64 = make_trace(dtype="float64")
+    t32 = replace(port_of(t64, noise=0.0), meta={**t64.meta, "framework": "torch", "dtype": "float32"})
+    t32.arrays.update({k: a.astype(np.float32) for k, a in t64.arrays.items()})
+    t64.arrays["param/head.pred.weight"] = t64.arrays["param/head.pred.weight"] + 0.01   # drawn separately
+    r = run(t32, port_of(t32), t64)
+    assert not r.run["noise_floor_available"]
+    w = [f for f in r.findings if f.location == "noise reference"]
+    assert w and w[0].severity == Severity.WARNING and "head.pred.weight" in w[0].evidence["params"]
+
+
+def test_uncaptured_gradient_of_an_identity_is_not_a_graph_break():
+    t = make_trace()
+    j = port_of(t)
+    # the port's "neck" call returns a new tensor (an identity-like op) whose grad hook never fired,
+    # while the gradient of its producer (neck.conv) arrived and agrees
+    j.calls[4] = replace(j.calls[4], alias_of=None, input_keys=("act/3/",), has_grad=False)
+    j.arrays["act/4/"] = j.arrays["act/3/"].copy()
+    t.arrays["gact/4/"] = t.arrays["gact/3/"].copy()
+    r = run(t, j)
+    assert r.verdict == "pass" and r.run["uncaptured_gradients"] == {"perturbed": ["neck"]}
+    # but when the gradient is missing upstream as well, the graph is broken: a failure
+    for k in ("gact/0/", "gact/1/", "gact/3/"):
+        j.arrays.pop(k)
+    r = run(t, j)
+    assert r.verdict == "fail" and r.first_divergence.direction == "backward"
+
+
+def test_inplace_modified_alias_gradient_is_skipped():
+    t = make_trace()
+    j = port_of(t)
+    # torch: "neck" returns the same tensor object as neck.conv, modified in place (inplace ReLU):
+    # the recorded value differs from the alias target, its gradient is the pre-ReLU one
+    t.arrays["act/4/"] = np.maximum(t.arrays["act/3/"], 0)
+    j.calls[4] = replace(j.calls[4], alias_of=None)
+    j.arrays["act/4/"] = np.maximum(j.arrays["act/3/"], 0)
+    j.arrays["gact/4/"] = j.arrays["gact/3/"] * (j.arrays["act/3/"] > 0)
+    r = run(t, j)
+    assert r.verdict == "pass"
+    assert not [x for x in r.rows if x.kind.value == "backward" and x.torch_name == "neck"]
+    assert [x for x in r.rows if x.kind.value == "forward" and x.torch_name == "neck"][0].ok
+
+
+def test_counts_add_up_and_roll_up_per_subtree():
+    from aligner.summary import FindingCounts, rollup, verdict
+    t = make_trace()
+    j = port_of(t)
+    j.arrays["act/3/"] = j.arrays["act/3/"] * 1.01
+    j.arrays["act/5/"] = j.arrays["act/5/"] * 1.01
+    r = run(t, j)
+    per_state = [FindingCounts.of([f for f in r.findings if f.state == s]) for s in ("perturbed", None)]
+    total = sum(per_state)
+    assert total == r.counts and total.error == len(r.errors) and total.total == len(r.findings)
+    assert verdict(r.findings) == "fail" and verdict([]) == "pass"
+    roll = rollup(r.rows, {p.name: p.module for p in t.params})
+    assert roll[""].rows == len(r.rows)
+    assert roll["neck"].forward_failed == 2 and roll["backbone"].failed == 0   # neck.conv and neck (alias)
+    assert roll[""].failed == roll["neck"].failed + roll["head"].failed + roll["backbone"].failed + sum(
+        1 for x in r.rows if not x.ok and x.torch_name == "")
