@@ -143,7 +143,8 @@ class TaskAlignedAssigner(nn.Module):
         for i in range(cycle):
             start, end = i * step, (i + 1) * step
             pd_scores_, pd_bboxes_ = pd_scores[start:end, ...], pd_bboxes[start:end, ...]
-            gt_labels_, gt_bboxes_, mask_gt_ = gt_labels[start:end, ...], gt_bboxes[start:end, ...], mask_gt[start:end, ...]
+            gt_labels_, gt_bboxes_ = gt_labels[start:end, ...], gt_bboxes[start:end, ...]
+            mask_gt_ = mask_gt[start:end, ...]
 
             mask_pos, align_metric, overlaps = self.get_pos_mask(
                 pd_scores_, pd_bboxes_, gt_labels_, gt_bboxes_, anc_points, mask_gt_)
@@ -220,7 +221,8 @@ class ATSSAssigner(nn.Module):
 
     def execute(self, anc_bboxes: jt.Var, n_level_bboxes: list[int], gt_labels: jt.Var, gt_bboxes: jt.Var,
                 mask_gt: jt.Var, pd_bboxes: jt.Var | None) -> tuple[jt.Var, jt.Var, jt.Var, jt.Var]:
-        """Returns (target_labels [B,N] (bg = nc), target_bboxes [B,N,4] px, target_scores [B,N,nc] float32, fg_mask)."""
+        """Returns (target_labels [B,N] (bg = nc), target_bboxes [B,N,4] px, target_scores [B,N,nc] float32,
+        fg_mask [B,N] bool)."""
         with jt.no_grad():  # the official forward is @torch.no_grad()
             return self._forward(anc_bboxes, n_level_bboxes, gt_labels, gt_bboxes, mask_gt, pd_bboxes)
 

@@ -257,7 +257,8 @@ def test_formula_loss_from_golden_head(size):
         cap: dict = {}
         _capture(loss_fn.formal_assigner, cap)
         feats = [jt.array(data[f"act/detect/0/{i}"].astype(dtype), dtype) for i in range(3)]
-        outputs = (feats, jt.array(data[f"{prefix}act/detect/1"], dtype), jt.array(data[f"{prefix}act/detect/2"], dtype))
+        outputs = (feats, jt.array(data[f"{prefix}act/detect/1"], dtype),
+                   jt.array(data[f"{prefix}act/detect/2"], dtype))
         loss, items = loss_fn(outputs, jt.array(data["targets"]), 0, 0)
         assert _rel(loss.item(), data[f"{prefix}loss/total"]) <= tol, dtype
         for got, ref in zip(items.numpy().tolist(), data[f"{prefix}loss/items"].tolist()):

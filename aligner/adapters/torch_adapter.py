@@ -7,6 +7,7 @@ and ``None`` means UNREACHABLE while a zero tensor means a reachable, exactly-ze
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -57,8 +58,15 @@ class TorchAdapter(Adapter):
         return bool(t.requires_grad)
 
     def _watch(self, key: str, t: Any, rec: Recorder) -> None:
+        # A weak reference: a hook holding the recorder made a cycle tensor -> hook -> recorder ->
+        # tensor that gc never freed, so every capture leaked its activations (GOLD-YOLO-N at 640:
+        # ~290 MB per capture, growing run after run; benchmarks/results/bench.md)
+        ref = weakref.ref(rec)
+
         def hook(g: Any, key: str = key) -> None:
-            rec.on_grad(key, g.detach().cpu().numpy().copy())
+            r = ref()
+            if r is not None:
+                r.on_grad(key, g.detach().cpu().numpy().copy())
         t.register_hook(hook)
 
     # ----- model walk -------------------------------------------------------------------------
