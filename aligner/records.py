@@ -135,13 +135,21 @@ class TensorStats:
     @classmethod
     def of(cls, array: np.ndarray) -> TensorStats:
         a = np.asarray(array)
-        sha1 = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
         if a.dtype.kind not in "fiub":
             raise TypeError(f"TensorStats needs a numeric array, got {a.dtype}")
+        c = np.ascontiguousarray(a)
+        # hash the buffer in place (tobytes() copied every tensor once more)
+        sha1 = hashlib.sha1(memoryview(c).cast("B") if c.size else c.tobytes()).hexdigest()
         x = a.astype(np.float64, copy=False).ravel()
-        nan = int(np.isnan(x).sum())
-        inf = int(np.isinf(x).sum())
-        finite = x[np.isfinite(x)] if (nan or inf) else x
+        # all-finite is the common case: one isfinite pass instead of isnan + isinf + mask (-28% CPU for
+        # the stats of a GOLD-YOLO-N 640 trace, same values; benchmarks/results/notes.md)
+        if x.size == 0 or np.isfinite(x).all():
+            nan = inf = 0
+            finite = x
+        else:
+            nan = int(np.isnan(x).sum())
+            inf = int(np.isinf(x).sum())
+            finite = x[np.isfinite(x)]
         n = x.size
         if finite.size:
             mn, mx = float(finite.min()), float(finite.max())
@@ -149,7 +157,7 @@ class TensorStats:
             l2 = float(np.sqrt(np.dot(finite, finite)))
         else:
             mn = mx = mean = std = l2 = float("nan")
-        zero_frac = float((x == 0).sum() / n) if n else 0.0
+        zero_frac = float(np.count_nonzero(x == 0) / n) if n else 0.0
         return cls(tuple(int(s) for s in a.shape), str(a.dtype), mn, mx, mean, std, l2, nan, inf,
                    zero_frac, sha1)
 
