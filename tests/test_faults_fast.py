@@ -1,0 +1,84 @@
+"""Fast subset of the fault catalogue (issue 7): planted porting faults must be detected and localised.
+
+Runs each fault of ``FAST_SUBSET`` (graph break, eval(), numerics, BN family, structure, init, loss) through
+the full aligner on GOLD-YOLO-N at a small input, plus the unmodified port at the same size, which must give
+no error finding. The torch reference is captured once and shared (it does not see Jittor faults).
+"""
+from __future__ import annotations
+
+import pytest
+
+from aligner.faults import FAST_SUBSET, catalogue, get_fault, location_matches
+from aligner.records import FindingType
+
+SIZE = 100  # maps 50/25/13/7/4: not a multiple of 32 (non-divisible pools), so all faults share one reference
+
+
+def test_catalogue_is_well_formed() -> None:
+    faults = catalogue()
+    names = [f.name for f in faults]
+    assert len(faults) >= 24
+    assert len(set(names)) == len(names)
+    assert {f.category for f in faults} == {"graph", "numerics", "structure", "init", "loss"}
+    for f in faults:
+        assert all(isinstance(t, FindingType) for t in f.types), f.name
+        assert f.description and f.description_zh, f.name
+    assert any(f.steps > 0 for f in faults), "multi-step faults are part of the catalogue"
+    assert set(FAST_SUBSET) <= set(names)
+    assert {get_fault(n).category for n in FAST_SUBSET} == {"graph", "numerics", "structure", "init", "loss"}
+
+
+def test_location_rule() -> None:
+    assert location_matches("neck.Rep_p4", "neck.Rep_p4")
+    assert location_matches("neck.Rep_p4", "neck.Rep_p4.conv1.rbr_dense")
+    assert not location_matches("neck.Rep_p4", "neck.Rep_p3")
+    assert not location_matches("neck.Rep_p", "neck.Rep_p4")
+    assert location_matches("", "") and not location_matches("", "backbone")
+    assert location_matches("*.running_var", "neck.Rep_p3.conv1.rbr_dense.bn.running_var")
+    assert location_matches("loss", "loss.iou") and not location_matches("loss", "loss_total")
+
+
+def test_planting_restores_the_port() -> None:
+    import jittor_impl.layers as jl
+    import jittor_impl.loss as jloss
+    import jittor_impl.model as jm
+    import jittor_impl.neck as jn
+
+    watched = [(jn, "adaptive_avg_pool2d"), (jn, "_interpolate_bilinear"), (jm, "initialize_weights"),
+               (jm.Model, "__init__"), (jl.SimConv, "__init__"), (jl.RepVGGBlock, "execute"),
+               (jl.BatchNorm2d, "_update_running_stats"), (jloss.ComputeLoss, "__call__"),
+               (jloss.ComputeLoss, "__init__"), (jloss.VarifocalLoss, "execute"), (jn.RepGDNeck, "__init__"),
+               (jn.RepGDNeck, "execute")]
+    before = [(o, n, vars(o).get(n, None)) for o, n in watched]
+    for f in catalogue():
+        with f.planted():
+            pass
+    for o, n, v in before:
+        assert vars(o).get(n, None) is v, f"{getattr(o, '__name__', o)}.{n} was not restored"
+
+
+@pytest.fixture(scope="module")
+def runs() -> tuple[dict, object]:
+    from aligner.faults.run import fault_size, reference_cache, run_clean, run_fault
+
+    with reference_cache():
+        clean = {s: run_clean(s, "float32") for s in sorted({fault_size(get_fault(n), SIZE) for n in FAST_SUBSET})}
+        outcomes = {n: run_fault(get_fault(n), img_size=SIZE, baseline=clean[fault_size(get_fault(n), SIZE)].errors)
+                    for n in FAST_SUBSET}
+    return outcomes, clean[SIZE]
+
+
+@pytest.mark.parametrize("name", FAST_SUBSET)
+def test_fault_is_detected_and_localised(runs: tuple[dict, object], name: str) -> None:
+    o = runs[0][name]
+    assert o.crashed is None, o.crashed
+    assert o.applied, f"{name}: the planted code never ran"
+    assert o.detected, f"{name}: no error finding of type {o.expected_type}; first error: {o.first}"
+    assert o.localised, (f"{name}: first error finding {o.first} is not {o.expected_type} at "
+                         f"{o.expected_location!r} (accepted finding ranked {o.rank})")
+
+
+def test_correct_port_has_no_error_finding(runs: tuple[dict, object]) -> None:
+    clean = runs[1]
+    assert clean.crashed is None, clean.crashed
+    assert clean.n_errors == 0, clean.errors
