@@ -16,6 +16,9 @@ test: setup
 doctor: setup
 	$(PY) -m aligner doctor
 
+faults: setup
+	$(PY) -m aligner.faults.run
+
 bench: setup
 	$(PY) -m benchmarks.run
 
