@@ -140,7 +140,8 @@ def catalogue() -> tuple[Fault, ...]:
           "running_var updated with the biased batch variance (Jittor's BatchNorm); torch uses the unbiased one",
           "running_var 用有偏的批方差更新（Jittor 自带 BatchNorm 的做法）；torch 使用无偏方差",
           P.plant_biased_running_var, also_locations=("*.running_mean",), steps=2,
-          note="visible only in the BN buffers after an optimizer step"),
+          note="visible only in the BN running statistics after an optimizer step: the multi-step mode must "
+               "compare buffers, not only trainable tensors"),
         F("attention_scaled", "numerics", T.FORWARD_DIVERGENCE, "neck.high_IFM.transformer_blocks.0.attn",
           "attention logits multiplied by 1/sqrt(key_dim) (the official code never applies its scale)",
           "注意力 logits 乘以 1/sqrt(key_dim)（官方代码从未使用该缩放）",

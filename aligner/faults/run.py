@@ -284,14 +284,15 @@ def render_markdown(outcomes: Sequence[FaultOutcome], clean: Sequence[CleanOutco
     lines = ["# Fault catalogue: detection and false alarms", ""]
     if outcomes:
         lines += [f"**Detection:** {h['detected']}/{h['faults']} faults detected; {h['localised']}/{h['faults']} "
-                  f"({h['localised_pct']}%) localised as the first error finding."]
-        lines += ["", "*Detected*: an error finding of the expected type (or an accepted alternative) that the "
+                  f"({h['localised_pct']}%) localised as the first error finding.", ""]
+    if clean:
+        lines += [f"**False alarms on the correct port:** {h['false_alarms']} error findings in {h['clean_runs']} runs "
+                  f"({', '.join(f'{c.img_size}/{c.dtype}' for c in clean)}).", ""]
+    if outcomes:
+        lines += ["*Detected*: an error finding of the expected type (or an accepted alternative) that the "
                   "unmodified port does not also report at the same size. *Localised*: the FIRST error finding "
                   "has an accepted type at the expected location (a module path matches itself and its "
                   "submodules; `(whole model)` only matches the root)."]
-    if clean:
-        lines += [f"**False alarms on the correct port:** {h['false_alarms']} error findings in {h['clean_runs']} runs "
-                  f"({', '.join(f'{c.img_size}/{c.dtype}' for c in clean)})."]
     lines += ["", f"Pair `{meta['pair']}` (nc={meta['num_classes']}), seed {meta['seed']}, fault runs at "
               f"{meta.get('img_size')} px {meta.get('dtype')} (faults needing a non-multiple-of-32 size at "
               f"{_odd(int(meta.get('img_size') or 0))}). Total {meta.get('catalogue_seconds')} s for the catalogue (of which "
@@ -339,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m aligner.faults.run", description=__doc__.splitlines()[0])
     ap.add_argument("--subset", choices=("all", "fast"), default="all")
     ap.add_argument("--only", nargs="*", default=None, help="fault names to run (default: the subset)")
-    ap.add_argument("--img-size", type=int, default=140,
-                    help="input size of the fault runs (default 140: small, and not a multiple of 32)")
+    ap.add_argument("--img-size", type=int, default=100,
+                    help="input size of the fault runs (default 100: small, and not a multiple of 32)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default benchmarks/results)")
