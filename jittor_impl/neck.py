@@ -5,13 +5,14 @@ All return `[p3, n4, n5]` at strides 8/16/32.
 
 Jittor differences handled here: `adaptive_avg_pool2d` is the torch-window version from layers.py (Jittor's
 AdaptiveAvgPool2d is the onnx-style fixed kernel), and every `nn.interpolate` names mode='bilinear' and
-align_corners=False explicitly. NOTE: Jittor's bilinear computes its sampling coordinates in float32 even for
-float64 maps (torch uses double); where the scale is not a power of two this is the one place a float64 run
-differs from torch by more than round-off (measured in tests/test_jittor_model.py).
+align_corners=False explicitly. Jittor's bilinear computes its sampling coordinates in float32 even for float64
+maps, so the resize is written out with torch's coordinates (`_interpolate_bilinear`).
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+import numpy as np
 
 import aligner.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
@@ -38,10 +39,39 @@ def onnx_AdaptiveAvgPool2d(x: jt.Var, output_size: Sequence[int]) -> jt.Var:
     return window_average(x, windows[0], windows[1])
 
 
+def _bilinear_taps(size_in: int, size_out: int, dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of torch's bilinear resize (align_corners=False), in the map's own dtype.
+
+    torch (aten/src/ATen/native/UpSample.h) computes `src = (dst + 0.5) * in/out - 0.5`, clamped at 0, in the
+    map's precision; Jittor's `nn.interpolate` does it in float32 even for float64 maps (jittor-notes §8), which
+    was a 1e-6 error in float64 runs.
+    """
+    scale = dtype(size_in) / dtype(size_out)
+    src = np.maximum((np.arange(size_out, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5), dtype(0))
+    i0 = np.minimum(np.floor(src).astype(np.int32), size_in - 1)
+    i1 = i0 + (i0 < size_in - 1).astype(np.int32)
+    w1 = np.clip(src - i0.astype(dtype), dtype(0), dtype(1)).astype(dtype)
+    return i0, i1, (dtype(1) - w1).astype(dtype), w1
+
+
 def _interpolate_bilinear(x: jt.Var, size: Sequence[int]) -> jt.Var:
-    """`F.interpolate(x, size, mode='bilinear', align_corners=False)` (Jittor's default mode is bilinear,
-    torch's nearest: always spelled out)."""
-    return nn.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    """`F.interpolate(x, size, mode='bilinear', align_corners=False)` with torch's coordinates and operation order
+    (width first, then height: `h0*(w0*x00 + w1*x01) + h1*(w0*x10 + w1*x11)`)."""
+    out_h, out_w = int(size[0]), int(size[1])
+    n, c, in_h, in_w = x.shape
+    if (out_h, out_w) == (in_h, in_w):
+        return x
+    dtype = np.float64 if str(x.dtype) == "float64" else np.float32
+
+    def const(a: np.ndarray, shape: tuple[int, ...]) -> jt.Var:  # jt.array alone turns float64 into float32
+        return jt.array(a.reshape(shape), str(x.dtype))
+
+    j0, j1, v0, v1 = _bilinear_taps(in_w, out_w, dtype)
+    cols = [x.reindex([n, c, in_h, out_w], ["i0", "i1", "i2", "@e0(i3)"], extras=[jt.array(j)]) for j in (j0, j1)]
+    y = cols[0] * const(v0, (1, 1, 1, -1)) + cols[1] * const(v1, (1, 1, 1, -1))
+    i0, i1, u0, u1 = _bilinear_taps(in_h, out_h, dtype)
+    rows = [y.reindex([n, c, out_h, out_w], ["i0", "i1", "@e0(i2)", "i3"], extras=[jt.array(i)]) for i in (i0, i1)]
+    return rows[0] * const(u0, (1, 1, -1, 1)) + rows[1] * const(u1, (1, 1, -1, 1))
 
 
 class ConvModule(nn.Module):
