@@ -428,6 +428,54 @@ def doctor() -> None:
     click.get_current_context().exit(EXIT_PASS if doctor_mod.main() == 0 else EXIT_ERROR)
 
 
+# ---- fault catalogue ------------------------------------------------------------------------------
+# Options, defaults and help texts mirror the argparse parser of aligner/faults/run.py (tests/test_cli.py
+# checks the defaults against its constants); the runner stays the single implementation.
+
+@cli.command(short_help='Run the fault catalogue: detection and false alarms.',
+             epilog=_epilog("aligner faults --subset fast --img-size 100 --out benchmarks/results"))
+@click.option("--subset", type=click.Choice(["all", "fast"]), default="all", show_default=True)
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="fault names to run (default: the subset); repeat the option or separate names by commas")
+@click.option("--img-size", type=int, default=100,
+              help="input size of the fault runs (default 100: small, and not a multiple of 32)")
+@click.option("--dtype", type=DTYPE, default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+@click.option("--no-faults", is_flag=True, help="skip the catalogue (clean runs only)")
+@click.option("--no-clean", is_flag=True, help="skip the clean runs on the correct port")
+@click.option("--clean-sizes", default="320,500,640", show_default=True)
+@click.option("--no-cache", is_flag=True, help="recapture the torch side for every fault")
+def faults(subset: str, only: Sequence[str], img_size: int, dtype: str, seed: int, out: str, no_faults: bool,
+           no_clean: bool, clean_sizes: str, no_cache: bool) -> None:
+    """Plant each catalogued porting fault in the correct Jittor port, align GOLD-YOLO-N, and score
+    detection and localisation; also count false alarms on the unmodified port. Writes faults.md and
+    faults.json (same as `python -m aligner.faults.run`; exit code is the runner's)."""
+    # the catalogue is plain data (numpy at most): names are checked before any framework loads
+    from aligner.faults.catalogue import FAST_SUBSET, catalogue
+
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    known = [f.name for f in catalogue()]
+    unknown = [n for n in dict.fromkeys(names) if n not in known]
+    if unknown:
+        raise UsageError(f"unknown fault(s): {', '.join(unknown)}; valid names: {', '.join(known)} "
+                         f"(fast subset: {', '.join(FAST_SUBSET)})")
+    try:
+        sizes = [int(s) for s in clean_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--clean-sizes expects integers like 320,500,640, got {clean_sizes!r}") from None
+    # "--opt=value": a value starting with "-" (a negative seed, an odd folder name) stays a value
+    argv = [f"--subset={subset}", f"--img-size={img_size}", f"--dtype={dtype}", f"--seed={seed}",
+            f"--out={out}", f"--clean-sizes={','.join(map(str, sizes))}"]
+    if names:
+        argv += ["--only", *names]
+    argv += [flag for flag, on in (("--no-faults", no_faults), ("--no-clean", no_clean),
+                                   ("--no-cache", no_cache)) if on]
+    from aligner.faults import run as runner  # lazy: the frameworks load when the first run starts
+
+    click.get_current_context().exit(runner.main(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `aligner` script and `python -m aligner`; returns the exit code."""
     try:

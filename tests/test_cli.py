@@ -151,3 +151,46 @@ def test_params_matches_official_count() -> None:
         row = next(ln for ln in r.output.splitlines() if ln.startswith(part + " "))
         assert f"{c['trainable']:,}" in row
     assert CliRunner().invoke(cli, ["params", "gold_yolo-q"]).exit_code == 2
+
+
+def test_faults_help_lists_the_runner_options() -> None:
+    r = CliRunner().invoke(cli, ["faults", "--help"])
+    assert r.exit_code == 0, r.output
+    for opt in ("--subset", "--only", "--img-size", "--dtype", "--seed", "--out", "--no-faults", "--no-clean",
+                "--clean-sizes", "--no-cache"):
+        assert opt in r.output, opt
+    from aligner.faults import run as runner  # the defaults must stay those of the argparse runner
+
+    defaults = {p.name: p.default for p in cli.commands["faults"].params}
+    assert defaults["out"] == str(runner.DEFAULT_OUT)
+    assert defaults["clean_sizes"] == ",".join(map(str, runner.CLEAN_SIZES))
+    assert (defaults["subset"], defaults["img_size"], defaults["dtype"], defaults["seed"]) == (
+        "all", 100, "float32", 0)
+
+
+def test_faults_only_checks_names_then_forwards(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from aligner.faults import run as runner
+    from aligner.faults.catalogue import catalogue
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(runner, "main", lambda argv: calls.append(list(argv)) or 0)  # no model runs here
+    r = CliRunner().invoke(cli, ["faults", "--only", "no_such_fault"])
+    assert r.exit_code == 2, r.output
+    assert "no_such_fault" in r.output and all(f.name in r.output for f in catalogue())
+    assert calls == []  # refused before the runner (and any framework) was reached
+    r = CliRunner().invoke(cli, ["faults", "--only", "detach_neck,double_sigmoid", "--only", "tal_topk",
+                                 "--img-size", "160", "--seed", "-1", "--no-clean", "--no-cache"])
+    assert r.exit_code == 0, r.output
+    assert calls == [["--subset=all", "--img-size=160", "--dtype=float32", "--seed=-1",
+                      "--out=benchmarks/results", "--clean-sizes=320,500,640",
+                      "--only", "detach_neck", "double_sigmoid", "tal_topk", "--no-clean", "--no-cache"]]
+    monkeypatch.setattr(runner, "main", lambda argv: 2)
+    assert CliRunner().invoke(cli, ["faults", "--no-faults", "--no-clean"]).exit_code == 2  # runner's code
+    monkeypatch.undo()
+    # the real runner parses that argv; with --no-faults --no-clean it runs nothing and writes empty tables
+    r = CliRunner().invoke(cli, ["faults", "--only", "tal_topk", "--img-size", "160", "--seed", "-1", "--dtype",
+                                 "float64", "--no-faults", "--no-clean", "--no-cache", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "faults.json").read_text(encoding="utf-8"))["meta"]
+    assert (meta["img_size"], meta["seed"], meta["dtype"], meta["subset"], meta["cache"]) == (
+        160, -1, "float64", "only", False)
