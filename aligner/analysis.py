@@ -27,7 +27,7 @@ from aligner.inventory import (anchor_findings, anchors_block, count_drift_findi
 from aligner.match import load_mapping
 from aligner.records import FindingType, Severity, Trace
 from aligner.result import AlignmentResult
-from aligner.stages import assigner_findings, loss_findings, stage_array
+from aligner.stages import assigner_findings, explain_by_tie, loss_findings, stage_array
 from aligner.tolerances import Kind, Tolerances
 
 __all__ = ["Analysis", "analyze"]
@@ -86,6 +86,8 @@ class Analysis:
         lf, lb = loss_findings(st, tol)
         af, ab = assigner_findings(st, tol)
         f += lf + af + _reference_consistency(st) + _noise_reference_finding(st, sc)
+        if ab is not None and ab.get("tie_swap"):
+            f = explain_by_tie(f, st.state)
         if lb is not None:
             self.loss[st.state] = lb
         if ab is not None:

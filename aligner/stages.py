@@ -7,6 +7,7 @@ results.json block. Pure functions, no printing.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from aligner.findings import Finding
 from aligner.records import FindingType, Severity, Trace
 from aligner.tolerances import Tolerances
 
-__all__ = ["loss_findings", "assigner_findings", "stage_array"]
+__all__ = ["loss_findings", "assigner_findings", "stage_array", "explain_by_tie"]
 
 T, S = FindingType, Severity
 
@@ -88,6 +89,23 @@ def assigner_findings(st: StateTraces, tol: Tolerances) -> tuple[list[Finding], 
             block["torch"][key], block["jittor"][key] = at.get(key), aj.get(key)
     out = _anchor_point_findings(st)
     if not problems:
+        tie = _tie_swap(st) if block.get("fg_mask_differs") else None
+        if tie is not None:
+            block["tie_swap"] = tie
+            out.append(Finding(
+                T.ASSIGNER_MISMATCH, S.WARNING, st.state, "assigner",
+                f"the assigner swaps {tie['swapped']} tied positive(s): same count per image, same assigned boxes "
+                f"and the same target scores (max diff {tie['max_score_diff']:.2g}), at other anchors; the "
+                "top-k candidates are tied and float32 rounding decides, so loss differences that follow are "
+                "explained",
+                {**block, "tie_swap": tie},
+                "exact ties in the TAL top-k at a degenerate state (equal predictions everywhere at the official "
+                "init), broken by rounding; judge the loss side on the perturbed state",
+                f"分配器交换了 {tie['swapped']} 个并列的正样本：每张图数量相同、分配的框相同、目标分数相同"
+                f"（最大差 {tie['max_score_diff']:.2g}），但位于不同 anchor；top-k 候选并列，由 float32 舍入决定，"
+                "随之而来的损失差异由此解释",
+                "退化状态（官方初始化下各处预测相同）时 TAL top-k 完全并列，由舍入打破；请以扰动状态判断损失侧",
+                10 ** 8 - 1))
         return out, block
     return [Finding(
         T.ASSIGNER_MISMATCH, S.ERROR, st.state, "assigner",
@@ -98,6 +116,58 @@ def assigner_findings(st: StateTraces, tol: Tolerances) -> tuple[list[Finding], 
         "标签分配器选出的正样本不同：" + "；".join(problems),
         "TAL 的 top-k / alpha / beta 被修改、anchor 或步长不同、目标按错误的图像尺寸缩放，或传给分配器的预测分数/框不同",
         10 ** 8 - 1)] + out, block
+
+
+def _tie_swap(st: StateTraces) -> dict[str, Any] | None:
+    """Evidence that differing positives are a tie broken by rounding, not a different assignment rule.
+
+    Same number of positives per image, and per image the same multiset of assigned target boxes and of
+    target scores (the normalised alignment metric): only the anchors carrying them differ. A changed top-k,
+    alpha/beta, box scaling or score path changes counts, boxes or scores and is not a tie.
+    """
+    arrays = {side: [stage_array(tr, n) for n in ("fg_mask", "target_scores", "target_bboxes")]
+              for side, tr in (("torch", st.torch), ("jittor", st.jittor))}
+    if any(a is None for v in arrays.values() for a in v):
+        return None
+    (fm_t, sc_t, bx_t), (fm_j, sc_j, bx_j) = arrays["torch"], arrays["jittor"]
+    fm_t, fm_j = np.asarray(fm_t).astype(bool), np.asarray(fm_j).astype(bool)
+    if fm_t.shape != fm_j.shape or fm_t.ndim != 2 or sc_t.shape != sc_j.shape or bx_t.shape != bx_j.shape:
+        return None
+    if not np.array_equal(fm_t.sum(1), fm_j.sum(1)):
+        return None
+    worst_score, worst_box = 0.0, 0.0
+    for b in range(fm_t.shape[0]):
+        st_ = np.sort(np.asarray(sc_t[b][fm_t[b]], np.float64).max(-1))
+        sj = np.sort(np.asarray(sc_j[b][fm_j[b]], np.float64).max(-1))
+        bt = np.asarray(bx_t[b][fm_t[b]], np.float64)
+        bj = np.asarray(bx_j[b][fm_j[b]], np.float64)
+        bt, bj = bt[np.lexsort(bt.T[::-1])], bj[np.lexsort(bj.T[::-1])]
+        scale_s, scale_b = max(float(np.abs(st_).max(initial=0)), 1e-30), max(float(np.abs(bt).max(initial=0)), 1e-30)
+        worst_score = max(worst_score, float(np.abs(st_ - sj).max(initial=0)) / scale_s)
+        worst_box = max(worst_box, float(np.abs(bt - bj).max(initial=0)) / scale_b)
+    # float32 rounding of the metric: ~1e-6 relative; a changed rule moves scores by percent
+    if worst_score > _TIE_SCORE_TOL or worst_box > 1e-6:
+        return None
+    return {"swapped": int((fm_t & ~fm_j).sum()), "max_score_diff": worst_score, "max_box_diff": worst_box}
+
+
+_TIE_SCORE_TOL = 1e-4
+
+
+def explain_by_tie(findings: list[Finding], state: str) -> list[Finding]:
+    """Downgrade the consequences of a tied assignment in ``state``: loss-item divergences and a backward
+    divergence that enters at the loss become warnings that name the tie. Divergences located in modules
+    (forward, or a backward entering inside the network) stay errors."""
+    out = []
+    for f in findings:
+        if f.state == state and f.severity == S.ERROR and (
+                f.type == T.LOSS_DIVERGENCE or (f.type == T.BACKWARD_DIVERGENCE and f.location == "loss")):
+            f = replace(f, severity=S.WARNING,
+                        message=f.message + " (explained by the tied assignment, see the assigner warning)",
+                        message_zh=(f.message_zh or f.message) + "（由并列的正样本分配解释，见分配器警告）",
+                        evidence={**f.evidence, "explained_by": "assigner_tie"})
+        out.append(f)
+    return out
 
 
 def stage_array(trace: Trace, name: str) -> Any:

@@ -350,3 +350,40 @@ def test_counts_add_up_and_roll_up_per_subtree():
     assert roll["neck"].forward_failed == 2 and roll["backbone"].failed == 0   # neck.conv and neck (alias)
     assert roll[""].failed == roll["neck"].failed + roll["head"].failed + roll["backbone"].failed + sum(
         1 for x in r.rows if not x.ok and x.torch_name == "")
+
+
+def _assign_arrays(fg_anchors, scores, boxes, n_anchor=12):
+    """stage/assign/* of one image: positives at ``fg_anchors`` with these scores (1 class) and boxes."""
+    fg = np.zeros((1, n_anchor), bool)
+    sc = np.zeros((1, n_anchor, 2), np.float32)
+    bx = np.zeros((1, n_anchor, 4), np.float32)
+    for a, s, b in zip(fg_anchors, scores, boxes):
+        fg[0, a], sc[0, a, 1], bx[0, a] = True, s, b
+    return {"stage/assign/fg_mask": fg, "stage/assign/target_scores": sc, "stage/assign/target_bboxes": bx}
+
+
+def _with_assignment(trace, fg_anchors, scores, boxes, iou):
+    stages = {"loss": {"total": 4.0 + iou, "items": [iou, 1.0, 3.0], "item_names": ["iou", "dfl", "cls"]},
+              "assigner": {"fg_count": len(fg_anchors), "target_scores_sum": float(sum(scores))}}
+    return replace(trace, stages=stages, arrays={**trace.arrays, **_assign_arrays(fg_anchors, scores, boxes)})
+
+
+def test_tied_assignment_explains_the_loss_difference():
+    """The 640 px float32 init case: 3 tied positives land on other anchors (same boxes, same scores to
+    float32 rounding), the iou item moves 2.4e-4: a warning that names the tie, not an error."""
+    boxes = [[10, 10, 50, 50], [10, 10, 50, 50], [60, 20, 90, 70]]
+    t = _with_assignment(make_trace(state="init"), [1, 2, 7], [0.5, 0.5, 0.25], boxes, iou=1.048986)
+    j = _with_assignment(port_of(t), [1, 3, 7], [0.5, 0.50000012, 0.25], boxes, iou=1.049242)
+    r = run(t, j, state="init")
+    assert not [f for f in r.findings if f.severity == Severity.ERROR], types(r, Severity.ERROR)
+    tie = [f for f in r.by_type(T.ASSIGNER_MISMATCH) if f.severity == Severity.WARNING]
+    assert tie and "swaps 1 tied" in tie[0].message
+    loss = r.by_type(T.LOSS_DIVERGENCE)
+    assert [f.location for f in loss] == ["loss.iou"] and loss[0].severity == Severity.WARNING
+    assert r.to_dict()["assigner"]["init"]["tie_swap"]["swapped"] == 1
+    # other scores (a changed alpha/beta) or other boxes (wrong target scaling) are not a tie
+    for scores, bxs in (([0.5, 0.45, 0.25], boxes), ([0.5, 0.5, 0.25], [boxes[0], [10, 10, 50, 51], boxes[2]])):
+        j = _with_assignment(port_of(t), [1, 3, 7], scores, bxs, iou=1.049242)
+        r = run(t, j, state="init")
+        assert (T.LOSS_DIVERGENCE, "loss.iou") in types(r, Severity.ERROR)
+        assert "tie_swap" not in r.to_dict()["assigner"]["init"]
