@@ -69,25 +69,31 @@ def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[s
         odt = "float64" if p.dtype == "float32" else "float32"
         po = get_pair(p.label, **{**opts, "dtype": odt}) if isinstance(pair, str) else _with_dtype(p, odt)
     weights = _timed(timings, "transfer", lambda: torch_weights(p, st))
+    # the port's own initialisation, summarised before the first transfer overwrites it (aligner.initcheck);
+    # a model handed in may already hold trained or loaded weights: not checked
+    jinit: dict[str, Any] | bool = False
     if jittor_model is None:
         say("building the jittor model (the first run compiles kernels)")
         jittor_model = _timed(timings, "build_jittor", lambda: p.build_jittor(**dict(jittor_options or {})))
+        jinit = _timed(timings, "build_jittor", lambda: _init_summary(jittor_model))
     # One state at a time: its three traces are compared and their tensors freed before the next
     # state is captured (a GOLD-YOLO state at 640 holds several GB of activations).
     acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress)
     hi = p.dtype == "float32"
     for s in st:
         say(f"[{s}] capturing {p.label} in torch")
+        first = s == st[0]  # the init check is state-independent: recorded with the first state only
         tt = _timed(timings, "capture_torch", lambda: capture_in_process(p, "torch", states=[s], full=full,
-                                                                          **extra)[s])
+                                                                          init=first, **extra)[s])
         say(f"[{s}] capturing jittor")
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
-            p, "jittor", states=[s], full=full, weights={s: weights[s]}, model=jittor_model, **extra)[s])
+            p, "jittor", states=[s], full=full, weights={s: weights[s]}, model=jittor_model,
+            init=jinit if first else False, **extra)[s])
         other = None
         if po is not None:
             say(f"[{s}] capturing the {po.dtype} reference (noise floor)")
             other = _timed(timings, f"capture_torch{po.dtype[-2:]}", lambda: capture_in_process(
-                po, "torch", states=[s], full=full, **extra)[s])
+                po, "torch", states=[s], full=full, init=False, **extra)[s])
             if hi:
                 other = _compact(other)
         _timed(timings, "compare", lambda: acc.add(StateTraces(s, tt, jt_, other if hi else None,
@@ -98,6 +104,12 @@ def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[s
     if out_dir is not None:
         write_results(result, out_dir)
     return result
+
+
+def _init_summary(model: Any) -> dict[str, Any]:
+    from aligner.adapters import get_adapter  # noqa: PLC0415 - lazy: imports jittor
+    from aligner.initcheck import init_summary  # noqa: PLC0415
+    return init_summary(get_adapter("jittor").state_arrays(model))
 
 
 def _compact(trace: Trace) -> Trace:

@@ -8,6 +8,7 @@ trace's ``meta["weight_transfer"]``). Captures run in this process, or one subpr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import numpy as np
 
 from .adapters import Adapter, LossFn, get_adapter, probe_loss
 from .errors import EnvironmentError, UsageError
+from .initcheck import init_summary
 from .pairs import Pair, get_pair
 from .records import Framework, ParamKind, Trace
 from .trace_io import read_weights, write_trace_set
@@ -67,7 +69,8 @@ def _torch_states(pair: Pair, ta: Adapter, model: Any, states: Sequence[str]) ->
 def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: Sequence[str] | None = None,
                        full: bool = True, weights: dict[str, dict[str, np.ndarray]] | None = None,
                        jittor_options: dict[str, Any] | None = None, model: Any = None, steps: int = 0,
-                       optimizer: dict[str, Any] | None = None, **pair_options: Any) -> dict[str, Trace]:
+                       optimizer: dict[str, Any] | None = None, init: bool | dict[str, Any] = True,
+                       **pair_options: Any) -> dict[str, Trace]:
     """Capture ``framework``'s side of ``pair`` in every state; returns ``{state: Trace}``.
 
     ``weights`` (state -> torch arrays) are what the Jittor side loads; by default they are produced
@@ -76,15 +79,28 @@ def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: 
     ``pair.build_jittor``. ``steps`` > 0 also runs that many SGD steps (``optimizer`` overrides the
     hyper-parameters: lr 0.01, momentum 0.937, nesterov, weight_decay 5e-4) and stores
     ``step/<k>/...`` arrays and ``meta["steps"]``; the model is restored afterwards.
+    ``init``: True records ``meta["init"]`` (:mod:`aligner.initcheck`) when the model is built here
+    (the torch side also builds a twin under another seed to tell deterministic tensors from random
+    ones); a dict is that summary, made by the caller right after building ``model``; False records none.
     """
     return _capture(pair, framework, states=states, full=full, weights=weights, jittor_options=jittor_options,
-                    model=model, steps=steps, optimizer=optimizer, **pair_options)[0]
+                    model=model, steps=steps, optimizer=optimizer, init=init, **pair_options)[0]
+
+
+def _twin_arrays(pair: Pair, adapter: Adapter) -> dict[str, np.ndarray] | None:
+    """The torch model's tensors when built under another seed (None when the pair cannot be copied)."""
+    try:
+        twin = copy.copy(pair)
+        twin.seed = pair.seed + 1
+        return adapter.state_arrays(twin.build_torch())
+    except Exception:  # noqa: BLE001 - no determinism information then, only the all-equal rule
+        return None
 
 
 def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[str] | None = None,
              full: bool = True, weights: dict[str, dict[str, np.ndarray]] | None = None,
              jittor_options: dict[str, Any] | None = None, model: Any = None, steps: int = 0,
-             optimizer: dict[str, Any] | None = None,
+             optimizer: dict[str, Any] | None = None, init: bool | dict[str, Any] = True,
              **pair_options: Any) -> tuple[dict[str, Trace], dict[str, dict[str, np.ndarray]]]:
     p = get_pair(pair, **pair_options) if isinstance(pair, str) else pair
     fw = Framework(framework)
@@ -94,8 +110,13 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
             raise UsageError(f"{p.label}: unknown state {s!r}; known: {list(p.states)}", slug="unknown-state")
     t0 = time.perf_counter()
     adapter = get_adapter(fw)
+    init_meta = init if isinstance(init, dict) else None
     if model is None:
+        # the twin first: the main build then reseeds, so its numbers are those of a run without the twin
+        twin = _twin_arrays(p, adapter) if (init is True and fw == Framework.TORCH) else None
         model = p.build_for(str(fw), **((jittor_options or {}) if fw == Framework.JITTOR else {}))
+        if init is True:
+            init_meta = init_summary(adapter.state_arrays(model), twin)
     t_build = time.perf_counter() - t0
     if fw == Framework.TORCH:
         weights = _torch_states(p, adapter, model, states)
@@ -114,6 +135,8 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
                 "states": states, "inputs_recipe": data.meta,
                 "weight_transfer": [asdict(w) for w in problems] if fw == Framework.JITTOR else [],
                 "weight_transfer_checked": len(weights[state])}
+        if init_meta is not None:
+            meta["init"] = init_meta
         trace = adapter.capture(model, data.inputs, loss, data.targets, full=full, dtype=p.dtype, meta=meta)
         timings = {"build": round(t_build, 4), "transfer": round(t_transfer, 4),
                    "capture": trace.meta["capture_seconds"]}

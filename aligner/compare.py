@@ -1,8 +1,8 @@
 """Matched calls + tolerances -> one :class:`Comparison` per compared tensor (no I/O, no logging).
 
 Rows: forward outputs and the loss gradient w.r.t. them for every matched module call (one row
-per output leaf), and every parameter's gradient and value (and, in multi-step mode, after each
-optimizer step). Each row is judged with the per-layer tolerance, the noise floor when the
+per output leaf), every parameter's gradient and value, every buffer's value after the captured
+forward (and, in multi-step mode, parameters after each optimizer step). Each row is judged with the per-layer tolerance, the noise floor when the
 reference was also captured at the other precision, and an absolute floor scaled by the largest
 reference value of the same kind and state. Localisation (introduced error, first divergences)
 lives in :mod:`aligner.divergence`.
@@ -17,7 +17,7 @@ import numpy as np
 
 from aligner.match import Match, MatchResult, match_traces, rename
 from aligner.metrics import TensorMetrics, compare_arrays, compare_stats, rel_error, rel_l2_error
-from aligner.records import CallRecord, ParamKind, TensorStats, Trace, param_key, pgrad_key
+from aligner.records import CallRecord, ParamKind, TensorStats, Trace, buffer_key, param_key, pgrad_key
 from aligner.tolerances import Judgement, Kind, Tolerances, judge
 
 __all__ = ["StateTraces", "Comparison", "Divergence", "StateComparison", "compare_state", "compare_steps",
@@ -340,17 +340,22 @@ def _param_rows(state: str, torch: Trace, jittor: Trace, torch64: Trace | None, 
         if jp is None:
             continue  # a missing parameter is a finding, not a row
         method = "map" if jname != p.name else "name"
-        # Buffer values are not compared here: the capture reads them after the train-mode forward
-        # updated them (Jittor lazily, torch eagerly), and the transfer itself is verified at load.
-        pairs = [] if p.kind == ParamKind.BUFFER else [(Kind.PARAM, param_key(p.name), param_key(jname))]
+        # A buffer's value before the forward is the transferred one (verified at load); what is compared
+        # is its value right after the captured forward (``buf/``): train-mode BN running statistics are a
+        # deterministic function of the batch statistics, judged with the forward bounds and noise floor.
+        if p.kind == ParamKind.BUFFER:
+            pairs = [(Kind.PARAM, buffer_key(p.name), buffer_key(jname))]
+        else:
+            pairs = [(Kind.PARAM, param_key(p.name), param_key(jname))]
         if p.kind == ParamKind.TRAINABLE or jp.kind == ParamKind.TRAINABLE:
             pairs.append((Kind.PARAM_GRAD, pgrad_key(p.name), pgrad_key(jname)))
         for kind, tk, jk in pairs:
             ref, port = fetch(torch, tk), fetch(jittor, jk)
             ref64 = fetch(torch64, tk) if torch64 is not None else None
             if kind == Kind.PARAM and (ref is None or port is None):
-                continue  # values not captured on one side
-            res = _judge_pair(kind, p.name, ref, port, ref64, low, tol, scales)
+                continue  # values not captured on one side (buffers: traces without ``buf/`` keys)
+            tol_kind = Kind.FORWARD if tk.startswith("buf/") else None
+            res = _judge_pair(kind, p.name, ref, port, ref64, low, tol, scales, tol_kind)
             if res is None:
                 continue
             metrics, jd, e64, missing = res

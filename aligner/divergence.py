@@ -6,7 +6,10 @@ denominator floored at the dtype's round-off, so ~1 means inherited and >>1 mean
 The first forward divergence is the earliest failing output in execution order (everything before
 it passed, so its inputs are within tolerance); the first backward divergence is the latest failing
 output gradient, blamed on the module that consumed that tensor (whose own output gradient passed)
-or, when no module consumed it, on its innermost passing ancestor, or on the loss.
+or, when no module consumed it, on its innermost passing ancestor, or on the loss. When the port's
+tensor there is not in the autograd graph at all (it does not require grad), the consumers are not to
+blame: the module that produced it without a graph is (a block run under no_grad or requires_grad_(False),
+a detach at its output).
 """
 from __future__ import annotations
 
@@ -169,15 +172,50 @@ def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResul
         # the innermost passing ancestor ("" = the top-level model's own forward); none: the loss
         location = ancestors[0].module if ancestors else "loss"
         candidates = (location,)
+    producer = _graphless_producer(r, m, matches, j) if r.missing == "jittor" else None
+    if producer is not None:
+        # the port's tensor is not in the autograd graph at all: its consumers cannot be blamed, the module
+        # that made it without a graph (no_grad / requires_grad_(False) block, detach at its output) can
+        location, candidates = producer, (producer,)
     where = {"loss": "the loss", "": "the top-level model's own forward"}.get(location, location)
     msg = (f"gradient w.r.t. the output of {r.torch_name} is the first (from the loss backwards) to leave "
            f"tolerance ({r.judgement.metric} {r.judgement.value:.3g} > {r.judgement.bound:.3g}) while "
-           f"the gradients flowing into it are within: the error enters in the backward of {where}")
-    if r.missing == "jittor":
-        msg += "; the port has no gradient there at all (graph broken)"
+           f"the gradients flowing into it are within: ")
+    if producer is not None:
+        msg += (f"the port's tensor there does not require grad at all, although the inputs of {where} do: "
+                f"{where} computes its output outside the autograd graph (graph broken)")
+    else:
+        msg += f"the error enters in the backward of {where}"
+        if r.missing == "jittor":
+            msg += "; the port has no gradient there at all (graph broken)"
     return Divergence(state, "backward", location, r.torch_name, r.jittor_name, r.judgement.metric,
                       r.judgement.value, r.judgement.bound, msg, r.order, r.sub, r.introduced_ratio,
                       candidates)
+
+
+def _graphless_producer(r: Comparison, m: Match, matches: MatchResult, j: _Side) -> str | None:
+    """The module that made the port's tensor of row ``r`` outside the autograd graph, or None.
+
+    Only when the port recorded that this output does not require grad (traces before
+    ``CallRecord.requires_grad`` give None). The tensor may be the output of several nested calls
+    (a container returning its last child's tensor): the innermost of them whose own inputs do require
+    grad is where the graph stops, e.g. the block run under ``no_grad`` rather than its last layer
+    (whose input came from inside the block, also without a graph). Named with the torch name.
+    """
+    recs = [rec for rec in m.jittor.outputs if rec.sub == r.sub] or list(m.jittor.outputs)
+    if not recs or any(rec.requires_grad is not False for rec in recs):
+        return None
+    wants = {rec.key: rec.requires_grad for rec in j.trace.calls}
+    target = j.canon.get(recs[0].key, recs[0].key)
+    chain = sorted((rec for rec in j.trace.calls if j.canon.get(rec.key, rec.key) == target),
+                   key=lambda rec: rec.order)
+    torch_name = {x.jittor.module: x.torch.module for x in matches.matches}
+    for rec in chain:
+        # model inputs are captured with requires_grad (floats); act keys: as their producer recorded
+        if any(k.startswith("input/") or wants.get(k, wants.get(j.canon.get(k, k))) is True
+               for k in rec.input_keys):
+            return torch_name.get(rec.module, rec.module)
+    return None
 
 
 def _is_ancestor(a: str, b: str) -> bool:

@@ -33,7 +33,7 @@ _MAX_LISTED = 20   # names listed in evidence before truncating
 # patterns. The first error is what a user should look at first.
 _TYPE_RANK = {t: i for i, t in enumerate([
     T.WEIGHT_TRANSFER, T.MISSING_PARAMETER, T.EXTRA_PARAMETER, T.SHAPE_MISMATCH, T.PARAM_COUNT_DRIFT,
-    T.MODE_MISMATCH, T.NAN_INF, T.FORWARD_DIVERGENCE, T.ANCHOR_COUNT_DRIFT, T.ASSIGNER_MISMATCH,
+    T.INIT_MISMATCH, T.MODE_MISMATCH, T.NAN_INF, T.FORWARD_DIVERGENCE, T.ANCHOR_COUNT_DRIFT, T.ASSIGNER_MISMATCH,
     T.LOSS_DIVERGENCE, T.BACKWARD_DIVERGENCE, T.FROZEN_PARAMETER, T.UNREACHABLE_GRADIENT,
     T.GRADIENT_PATTERN, T.EXTRA_GRADIENT, T.VANISHING_GRADIENT, T.UNMATCHED_MODULE,
     T.GRAD_SPARSITY_EXPLAINED])}
@@ -210,7 +210,58 @@ def divergence_findings(sc: StateComparison, ctx: Mapping[str, Any] | None = Non
     elif sc.forward is None and any(r.kind == Kind.PARAM_GRAD and not r.ok and r.missing is None
                                     for r in sc.rows):
         out.append(_param_grad_finding(sc, ctx))
+    buf = _buffer_finding(sc, ctx)
+    if buf is not None:
+        out.append(buf)
     return out
+
+
+def _buffer_finding(sc: StateComparison, ctx: Mapping[str, Any]) -> Finding | None:
+    """Buffers (BN running statistics) that leave tolerance after the captured train-mode forward, in
+    modules that ran before the first forward divergence (so their inputs agree): the update rule
+    itself differs. Buffers of later modules may inherit a diverged input (a BN normalises a scale
+    error away in its output, not in its running_var) and are only counted."""
+    bad = [r for r in sc.rows if r.kind == Kind.PARAM and not r.ok and r.torch_key.startswith("buf/")]
+    if not bad:
+        return None
+    first_call = ctx.get("first_call") or {}
+    pmod = ctx.get("param_module") or {}
+    modes = ctx.get("mode_locations", set())
+
+    def module(r: Comparison) -> str:
+        return pmod.get(r.torch_name, r.torch_name.rsplit(".", 1)[0] if "." in r.torch_name else "")
+
+    limit = sc.forward.order if sc.forward is not None else None
+    own = [r for r in bad if limit is None or first_call.get(module(r), 10 ** 9) < limit]
+    if not own:
+        return None
+    r = min(own, key=lambda x: (first_call.get(module(x), 10 ** 9), x.order))
+    mod, jd = module(r), r.judgement
+    if any(m and (mod == m or mod.startswith(m + ".")) for m in modes):
+        cause = ("a mode flag differs at this module (see the mode_mismatch finding: BN momentum or the "
+                 "training flag)")
+        cause_zh = "该模块的模式参数不同（见 mode_mismatch：BN momentum 或训练标志）"
+    else:
+        cause = ("the running statistics are updated differently: running_var from the biased batch variance "
+                 "sum/n (Jittor's own BatchNorm) instead of torch's unbiased sum/(n-1), the momentum convention "
+                 "(torch: running = (1-m)*running + m*batch; Keras writes 1-m), or an update in another mode. "
+                 "The train-mode output is unaffected; eval-mode outputs and later steps drift")
+        cause_zh = ("running 统计量的更新方式不同：running_var 用有偏批方差 sum/n（Jittor 自带 BatchNorm 的做法）而非 torch 的无偏 "
+                    "sum/(n-1)、momentum 约定不同（torch：running = (1-m)*running + m*batch；Keras 写作 1-m），或在另一模式下更新。"
+                    "训练模式输出不受影响；推理模式输出和后续训练步会漂移")
+    return Finding(
+        T.FORWARD_DIVERGENCE, S.ERROR, sc.state, r.torch_name,
+        f"buffer {r.torch_name} leaves tolerance after the captured train-mode forward ({jd.metric} "
+        f"{_fmt(jd.value)} > {_fmt(jd.bound)}) while the output of {_where(mod)} and everything before it "
+        f"is within; {len(own)} buffers differ this way ({len(bad)} failing in total)",
+        {"torch_name": r.torch_name, "jittor_name": r.jittor_name, "module": mod, "metric": jd.metric,
+         "value": jd.value, "tol": jd.bound, "rel": r.metrics.rel, "max_abs": r.metrics.max_abs,
+         "noise_floor": jd.noise_floor, "count": len(own), "failing_buffers": len(bad),
+         "buffers": _listed([x.torch_name for x in own])},
+        cause,
+        f"训练模式前向之后 buffer {r.torch_name} 超出容差（{jd.metric} = {_fmt(jd.value)} 超过 {_fmt(jd.bound)}），"
+        f"而 {_where_zh(mod)} 及其之前的输出都在容差内；共 {len(own)} 个 buffer 如此（总计 {len(bad)} 个超出容差）",
+        cause_zh, first_call.get(mod, r.order))
 
 
 def _param_grad_finding(sc: StateComparison, ctx: Mapping[str, Any]) -> Finding:

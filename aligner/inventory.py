@@ -14,6 +14,7 @@ from typing import Any
 
 from aligner.compare import Comparison
 from aligner.findings import Finding, common_module, frozen_finding, place
+from aligner.initcheck import init_findings
 from aligner.match import MatchResult, rename
 from aligner.records import FindingType, ModuleInfo, ParamInfo, ParamKind, Severity, Trace
 from aligner.tolerances import Kind
@@ -102,7 +103,8 @@ def _listed(names: list[str], k: int = 20) -> list[str]:
 
 
 def inventory_findings(torch: Trace, jittor: Trace, mapping: Mapping[str, str]) -> list[Finding]:
-    """Missing, extra, shape-mismatched and kind-mismatched parameters/buffers."""
+    """Missing, extra, shape-mismatched and kind-mismatched parameters/buffers, and tensors whose fresh
+    initial values differ from the reference's deterministic init (:mod:`aligner.initcheck`)."""
     jp = {p.name: p for p in jittor.params if _counted(p)}
     seen: set[str] = set()
     missing, shape, kind = [], [], []
@@ -187,7 +189,8 @@ def inventory_findings(torch: Trace, jittor: Trace, mapping: Mapping[str, str]) 
                            f"{len(pairs)} 个张量在参考实现中为 {tk}，在移植版中为 {jk}，例如 {', '.join(names[:3])}",
                            "Jittor 把所有公开 Var 属性当作可训练参数；buffer 和常量需要 stop_grad()（或以 '_' 命名），否则会被优化器修改",
                            order))
-    return out
+    # the port's own initial values (before the transfer overwrote them) belong to its inventory too
+    return out + init_findings(torch, jittor, mapping)
 
 
 _ZERO = {"trainable": 0, "frozen": 0, "buffers": 0, "constants": 0}
@@ -381,7 +384,9 @@ def transfer_findings(rows: list[Comparison], torch: Trace, jittor: Trace) -> li
     """Weights whose values differ between the frameworks after the transfer: failing parameter value
     rows, plus the value/dtype problems the capture recorded in ``meta["weight_transfer"]`` (its
     missing/extra/shape problems are reported more precisely by :func:`inventory_findings`)."""
-    bad = [r for r in rows if r.kind == Kind.PARAM and not r.ok and r.metrics.shape_ok]
+    # buffer rows (``buf/``: values after the forward) are forward-side findings, not transfer problems
+    bad = [r for r in rows if r.kind == Kind.PARAM and not r.ok and r.metrics.shape_ok
+           and not r.torch_key.startswith("buf/")]
     problems = [w for w in list(jittor.meta.get("weight_transfer") or []) + list(torch.meta.get("weight_transfer") or [])
                 if isinstance(w, Mapping) and str(w.get("kind")) in ("value", "dtype")]
     names = list(dict.fromkeys([r.torch_name for r in bad] + [str(w.get("name")) for w in problems]))

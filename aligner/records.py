@@ -14,6 +14,8 @@ module call, ``<sub>`` the path inside a tuple/list/dict output, ``""`` for a pl
 * ``pgrad/<param>``       gradient of the loss w.r.t. parameter ``<param>`` (state-dict name).
   Present only for params whose :class:`GradStatus` is ``nonzero`` or ``zero``.
 * ``param/<param>``       the parameter / buffer value the forward pass used.
+* ``buf/<buffer>``        a buffer's value right after the captured forward (train-mode BN updates its
+  running statistics there; the model is restored afterwards).
 * ``stage/<name>``        named pair stages beyond modules: ``stage/anchors``,
   ``stage/anchor_points``, ``stage/fg_mask``, ``stage/target_scores``, ``stage/loss_items``, ...
   Their scalar summaries (JSON-able) are in ``Trace.stages``.
@@ -22,6 +24,9 @@ module call, ``<sub>`` the path inside a tuple/list/dict output, ``""`` for a pl
   [{"step": k, "loss": float}, ...]`` where the loss is the one step k's forward computed (weights
   after k-1 steps), ``meta["steps_final_loss"]`` the loss after the last step, and
   ``meta["steps_optimizer"]`` the hyper-parameters (SGD, framework's own optimiser).
+
+``meta["init"]`` (optional, :mod:`aligner.initcheck`): summaries of the freshly built model's tensors,
+before any weight transfer, so the port's own initialisation can be checked.
 
 In stats-only mode ``Trace.arrays`` is empty (or holds only ``stage/`` arrays) and
 ``Trace.stats`` holds a :class:`TensorStats` for every key that would have been an array.
@@ -39,7 +44,7 @@ import numpy as np
 __all__ = [
     "Framework", "ParamKind", "GradStatus", "FrozenBy", "FindingType", "Severity",
     "WeightProblemKind", "TensorStats", "ParamInfo", "ModuleInfo", "CallRecord", "Trace", "WeightProblem",
-    "act_key", "gact_key", "pgrad_key", "param_key", "stage_key", "input_key", "ginput_key",
+    "act_key", "gact_key", "pgrad_key", "param_key", "buffer_key", "stage_key", "input_key", "ginput_key",
     "step_key", "split_key",
 ]
 
@@ -106,6 +111,7 @@ class FindingType(StrEnum):
     LOSS_DIVERGENCE = "loss_divergence"
     ASSIGNER_MISMATCH = "assigner_mismatch"
     WEIGHT_TRANSFER = "weight_transfer"
+    INIT_MISMATCH = "init_mismatch"
     UNMATCHED_MODULE = "unmatched_module"
     GRAD_SPARSITY_EXPLAINED = "grad_sparsity_explained"
 
@@ -205,6 +211,7 @@ class CallRecord:
     input_keys: tuple[str, ...] = ()  # act/input keys of this call's tensor inputs, when known
     has_grad: bool = False          # a gact/<order>/<sub> entry exists (in arrays or stats)
     alias_of: str | None = None     # act key of an earlier record holding the same tensor object
+    requires_grad: bool | None = None  # the output was part of the autograd graph (None: older trace)
 
     @property
     def key(self) -> str:
@@ -280,6 +287,10 @@ def pgrad_key(name: str) -> str:
 
 def param_key(name: str) -> str:
     return f"param/{name}"
+
+
+def buffer_key(name: str) -> str:
+    return f"buf/{name}"
 
 
 def stage_key(name: str) -> str:

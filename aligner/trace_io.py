@@ -30,6 +30,9 @@ __all__ = ["TRACE_FORMAT", "MANIFEST", "ARRAYS", "INDEX", "write_trace", "read_t
 # TRACE_FORMAT changelog:
 #   1  first format: manifest (meta, calls, params, modules, stats, stages, array index) + arrays.npz;
 #      trace sets as index.json + one directory per state.
+#      Compatible additions (older traces still read, the new parts are simply absent there):
+#      ``buf/<buffer>`` arrays (buffers after the forward), ``meta["init"]`` (fresh-model summaries for
+#      the init check) and ``calls[].requires_grad`` (CallRecord default None).
 TRACE_FORMAT = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"

@@ -152,6 +152,40 @@ def test_graph_break_is_unreachable_not_zero(pair, adapters, weights, fault):
     assert js["stem.conv.weight"] == GradStatus.NONZERO
 
 
+def test_buffers_recorded_after_the_train_mode_forward(pair, adapters, weights):
+    from aligner.metrics import rel_error
+    tt = _capture(adapters[0], pair, _torch_state(pair, adapters, weights), "torch")
+    jt_ = _capture(adapters[1], pair, _jittor_model(pair, adapters, weights), "jittor")
+    names = [p.name for p in tt.params if p.kind == ParamKind.BUFFER and "num_batches" not in p.name]
+    assert len(names) == 12 and {f"buf/{n}" for n in names} <= set(jt_.arrays)
+    for n in names:  # the forward updated every running statistic (the model itself is restored, see above)
+        for tr in (tt, jt_):
+            assert not np.array_equal(tr.arrays[f"buf/{n}"], tr.arrays[f"param/{n}"]), n
+        # the small port updates running_var with torch's unbiased variance: both frameworks agree
+        assert rel_error(tt.arrays[f"buf/{n}"], jt_.arrays[f"buf/{n}"]) < 1e-5, n
+
+
+def test_outputs_made_without_a_graph_are_recorded(pair, adapters, weights):
+    from aligner.pairs._small_jittor import Attn
+    saved = {a: Attn.__dict__.get(a) for a in ("__call__", "__hooked_call__", "__hooked__")}
+    jm = _jittor_model(pair, adapters, weights)
+    try:
+        jm.attn.requires_grad_(False)  # the torch idiom "freeze this block": Jittor runs it under no_grad
+        trace = _capture(adapters[1], pair, jm, "jittor")
+    finally:  # requires_grad_ swaps Attn.__call__ for the hooked one, for every instance
+        for a, v in saved.items():
+            if v is None:
+                if a in Attn.__dict__:
+                    delattr(Attn, a)
+            else:
+                setattr(Attn, a, v)
+    rg = {c.module: c.requires_grad for c in trace.calls}
+    assert rg["attn"] is False and rg["attn.qkv"] is False and rg["attn.proj"] is False
+    assert rg["down"] is True and rg["stem"] is True and rg["cls_pred"] is True
+    tt = _capture(adapters[0], pair, _torch_state(pair, adapters, weights), "torch")
+    assert all(c.requires_grad is True for c in tt.calls if c.dtype.startswith("float"))
+
+
 def _torch_state(pair, adapters, weights, state="perturbed"):
     tm = pair.build_torch()
     adapters[0].load_arrays(tm, weights[state])

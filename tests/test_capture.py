@@ -75,6 +75,19 @@ def test_init_gradient_pattern_same(both):
                                                  if p.kind == ParamKind.TRAINABLE))
 
 
+def test_fresh_init_recorded_before_the_transfer(both):
+    from aligner.initcheck import init_findings
+    _, T, J = both
+    ti, ji = T["init"].meta["init"], J["init"].meta["init"]
+    det = set(ti["deterministic"])  # identical in a second torch build under another seed
+    assert {"cls_pred.weight", "reg_pred.weight", "stem.bn.weight", "stem.bn.running_var"} <= det
+    assert not det & {"stem.conv.weight", "attn.qkv.weight"}  # random inits
+    assert ti["stats"]["cls_pred.weight"][:2] == ji["stats"]["cls_pred.weight"][:2] == [0.0, 0.0]
+    # the port's own fresh values, not the transferred ones: its random conv is another draw
+    assert ji["stats"]["stem.conv.weight"] != ti["stats"]["stem.conv.weight"]
+    assert init_findings(T["init"], J["init"]) == []
+
+
 def test_planted_bn_eps_shows_at_its_module():
     """A tolerance that cannot fail is no test: the wrong-eps port must exceed F32 at down.bn first."""
     from aligner.capture import capture_in_process, torch_weights
@@ -141,6 +154,9 @@ def test_subprocess_traces_equal_in_process(tmp_path):
         assert list(a) == list(b) == ["init", "perturbed"]
         for s in a:
             assert a[s].calls == b[s].calls and a[s].params == b[s].params and a[s].modules == b[s].modules
+            # the fresh-model summary of the init check travels with the trace (the port's own init, and
+            # for torch which tensors are deterministic)
+            assert a[s].meta["init"] == b[s].meta["init"] and a[s].meta["init"]["stats"]
             assert set(a[s].arrays) == set(b[s].arrays)
             for k in a[s].arrays:  # CPU runs are deterministic: bit-identical across processes
                 assert np.array_equal(a[s].arrays[k], b[s].arrays[k]), k

@@ -387,3 +387,142 @@ def test_tied_assignment_explains_the_loss_difference():
         r = run(t, j, state="init")
         assert (T.LOSS_DIVERGENCE, "loss.iou") in types(r, Severity.ERROR)
         assert "tie_swap" not in r.to_dict()["assigner"]["init"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the port's own initialisation (checked before the weight transfer)
+
+
+def _fresh(seed: int, head: str = "prior") -> dict[str, np.ndarray]:
+    """Tensors of a freshly built synthetic model: random convs, BN ones/zeros, a deterministic non-constant
+    tensor (neck.conv.weight, a linspace like the DFL projection) and a zero/prior head."""
+    rng = np.random.default_rng(seed)
+    out = {"backbone.0.weight": rng.uniform(-0.3, 0.3, (4, 3, 3, 3)).astype(np.float32),
+           "backbone.1.weight": np.ones(4, np.float32), "backbone.1.bias": np.zeros(4, np.float32),
+           "backbone.1.running_mean": np.zeros(4, np.float32), "backbone.1.running_var": np.ones(4, np.float32),
+           "neck.conv.weight": np.linspace(0, 1, 144, dtype=np.float32).reshape(4, 4, 3, 3),
+           "head.pred.weight": np.zeros((2, 4, 1, 1), np.float32),
+           "head.pred.bias": np.full(2, -4.59512, np.float32)}
+    if head == "default":  # a blanket re-init after the prior was set
+        out["head.pred.weight"] = rng.uniform(-0.5, 0.5, (2, 4, 1, 1)).astype(np.float32)
+        out["head.pred.bias"] = rng.uniform(-0.5, 0.5, 2).astype(np.float32)
+    return out
+
+
+def _with_init(trace, init):
+    return replace(trace, meta={**trace.meta, "init": init})
+
+
+def test_port_init_differing_from_a_deterministic_reference_init_is_an_error():
+    from aligner.initcheck import init_summary
+    t = _with_init(make_trace(), init_summary(_fresh(0), twin=_fresh(1)))
+    # another random draw of the random tensors is no finding
+    r = run(t, _with_init(port_of(t), init_summary(_fresh(7))))
+    assert r.verdict == "pass" and not r.by_type(T.INIT_MISMATCH)
+    # the head re-initialised after its prior was set: the transfer hides it, the init check does not
+    bad = _fresh(7, head="default")
+    r = run(t, _with_init(port_of(t), init_summary(bad)))
+    f = r.by_type(T.INIT_MISMATCH)
+    assert len(f) == 1 and f[0].severity == Severity.ERROR and f[0].state is None
+    assert f[0].location == "head.pred" and f[0].evidence["params"] == ["head.pred.weight", "head.pred.bias"]
+    assert r.findings[0] is f[0] and r.first_divergence.location == "head.pred"
+    assert "all 0" in f[0].message
+    # a deterministic non-constant tensor (identical under two seeds) is compared too
+    bad["neck.conv.weight"] = bad["neck.conv.weight"] * 2
+    f = run(t, _with_init(port_of(t), init_summary(bad))).by_type(T.INIT_MISMATCH)
+    assert f[0].evidence["count"] == 3 and f[0].location == "neck.conv"  # first in execution order
+    # without a twin build, or with one that ignored the seed, only all-equal tensors count as deterministic
+    for init in (init_summary(_fresh(0)), init_summary(_fresh(0), twin=_fresh(0))):
+        f = run(_with_init(t, init), _with_init(port_of(t), init_summary(bad))).by_type(T.INIT_MISMATCH)
+        assert f[0].evidence["count"] == 2
+    # traces without the summary (older captures, models handed in) are not checked
+    assert not run(make_trace(), _with_init(port_of(t), init_summary(bad))).by_type(T.INIT_MISMATCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# buffers after the captured train-mode forward
+
+
+def _with_buffers(trace, rv, rm):
+    arrays = {**trace.arrays, "buf/backbone.1.running_var": np.asarray(rv, np.float32),
+              "buf/backbone.1.running_mean": np.asarray(rm, np.float32)}
+    return replace(trace, arrays=arrays)
+
+
+def test_running_stats_after_the_forward_are_compared():
+    rv, rm = [0.98, 1.03, 1.11, 0.97], [0.012, -0.03, 0.05, 0.0]
+    t = _with_buffers(make_trace(), rv, rm)
+    j = port_of(t)  # float32-level noise on the buffers too
+    r = run(t, j)
+    rows = [x for x in r.rows if x.torch_key.startswith("buf/")]
+    assert len(rows) == 2 and all(x.ok and x.kind.value == "param" for x in rows)
+    assert r.verdict == "pass"
+    # the biased batch variance in the port: 0.5% lower running_var, outputs untouched
+    j = _with_buffers(port_of(t), np.asarray(rv) * 0.995, rm)
+    r = run(t, j)
+    f = r.by_type(T.FORWARD_DIVERGENCE)
+    assert [x.location for x in f] == ["backbone.1.running_var"] and r.findings[0] is f[0]
+    assert f[0].evidence["module"] == "backbone.1" and "biased" in f[0].likely_cause
+    assert not r.by_type(T.WEIGHT_TRANSFER)  # not a transfer problem
+    assert r.first_divergence.location == "backbone.1.running_var"
+    # an earlier module output diverging: the running stats after it inherit the error, only that is reported
+    j.arrays["act/0/"] = j.arrays["act/0/"] * 1.01
+    f = run(t, j).by_type(T.FORWARD_DIVERGENCE)
+    assert [x.location for x in f] == ["backbone.0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a block computed outside the autograd graph
+
+
+def _block_trace(framework: str, no_grad_block: bool = False):
+    """a -> blk(c1 -> c2) -> head; ``no_grad_block``: the port ran blk under no_grad (requires_grad_(False))."""
+    from aligner.records import CallRecord, ModuleInfo, ParamInfo, Trace
+    rng = np.random.default_rng(0 if framework == "torch" else 0)
+    calls_spec = [("a", "Conv2d", ("input/0",), None), ("blk.c1", "Conv2d", ("act/0/",), None),
+                  ("blk.c2", "Conv2d", ("act/1/",), None), ("blk", "Block", ("act/0/",), "act/2/"),
+                  ("head", "Conv2d", ("act/3/",), None), ("", "Model", ("input/0",), "act/4/")]
+    shape = (1, 4, 4, 4)
+    arrays = {"input/0": rng.standard_normal(shape).astype(np.float32)}
+    calls = []
+    for order, (name, typ, ins, alias) in enumerate(calls_spec):
+        outside = no_grad_block and name.startswith("blk")
+        has_grad = not outside and not (no_grad_block and name == "a")
+        calls.append(CallRecord(order, name, typ, 0, "", shape, "float32", True, ins, has_grad, alias,
+                                requires_grad=not outside))
+        if alias is None:
+            arrays[f"act/{order}/"] = rng.standard_normal(shape).astype(np.float32)
+            if has_grad:
+                arrays[f"gact/{order}/"] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    params = []
+    for module in ("a", "blk.c1", "blk.c2", "head"):
+        name = f"{module}.weight"
+        arrays[f"param/{name}"] = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+        cut = no_grad_block and module != "head"
+        if not cut:
+            arrays[f"pgrad/{name}"] = (rng.standard_normal((4, 4, 1, 1)) * 0.01).astype(np.float32)
+        params.append(ParamInfo(name, (4, 4, 1, 1), "float32", ParamKind.TRAINABLE, 16, module,
+                                grad_status=GradStatus.UNREACHABLE if cut else GradStatus.NONZERO,
+                                grad_max_abs=None if cut else 0.01))
+    modules = [ModuleInfo(n, t_, n.count(".") + (1 if n else 0), True, {}, 16 if t_ == "Conv2d" else 0, 0, 0, 0)
+               for n, t_ in (("", "Model"), ("a", "Conv2d"), ("blk", "Block"), ("blk.c1", "Conv2d"),
+                             ("blk.c2", "Conv2d"), ("head", "Conv2d"))]
+    meta = {"framework": framework, "state": "perturbed", "dtype": "float32", "seed": 0, "pair": "synthetic",
+            "config": {}}
+    return Trace(meta, calls, params, modules, arrays, {}, {})
+
+
+def test_block_without_autograd_graph_is_blamed_not_its_consumer():
+    t = _block_trace("torch")
+    j = _block_trace("jittor", no_grad_block=True)
+    # same values where both exist: only the missing gradients differ
+    j = replace(j, arrays={k: (t.arrays[k].copy() if k in t.arrays else v) for k, v in j.arrays.items()})
+    r = run(t, j)
+    bd = r.by_type(T.BACKWARD_DIVERGENCE)[0]
+    # the first failing output gradient is blk.c2's (blk's own record is an alias of it); its consumer head
+    # is fine, but the port's tensor there never required grad: blk made it outside the graph
+    assert bd.evidence["torch_name"] == "blk.c2" and bd.location == "blk" and bd.evidence["graph_broken"]
+    assert "does not require grad" in bd.message and bd.evidence["candidates"] == ["blk"]
+    assert r.findings[0] is bd and r.first_divergence.location == "blk"
+    un = r.by_type(T.UNREACHABLE_GRADIENT)
+    assert un and un[0].evidence["count"] == 3

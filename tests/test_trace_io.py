@@ -65,6 +65,24 @@ def test_round_trip_identical(tmp_path, full):
     assert back.calls[2].shape == (3,) and back.calls[0].input_keys == ("input/0",)
 
 
+def test_traces_written_before_the_compatible_additions_still_read(tmp_path):
+    """Format 1 gained ``calls[].requires_grad``, ``buf/`` arrays and ``meta["init"]`` compatibly: a manifest
+    without them reads, with ``requires_grad`` None (unknown) and no init summary."""
+    t = _trace()
+    t.calls[0] = CallRecord(**{**asdict(t.calls[0]), "requires_grad": False})
+    t.meta["init"] = {"stats": {"bn.running_mean": [0.0, 0.0, 0.0, 0.0]}, "deterministic": ["bn.running_mean"]}
+    path = write_trace(t, tmp_path / "tr")
+    back = read_trace(path)
+    assert back.calls[0].requires_grad is False and back.meta["init"] == t.meta["init"]
+    doc = json.loads((path / "manifest.json").read_text())
+    for c in doc["calls"]:
+        del c["requires_grad"]
+    del doc["meta"]["init"]
+    (path / "manifest.json").write_text(json.dumps(doc))
+    old = read_trace(path)
+    assert [c.requires_grad for c in old.calls] == [None, None, None] and "init" not in old.meta
+
+
 def test_other_format_version_rejected(tmp_path):
     path = write_trace(_trace(), tmp_path / "tr")
     doc = json.loads((path / "manifest.json").read_text())

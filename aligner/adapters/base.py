@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import AdapterError
 from ..records import (
     CallRecord, Framework, FrozenBy, GradStatus, ModuleInfo, ParamInfo, ParamKind, TensorStats, Trace,
-    act_key, gact_key, ginput_key, param_key, pgrad_key,
+    act_key, buffer_key, gact_key, ginput_key, param_key, pgrad_key,
 )
 from .recording import LossContext, LossFn, Recorder, flatten, probe_loss
 
@@ -62,7 +62,8 @@ class Adapter(ABC):
                 meta: dict[str, Any] | None = None) -> Trace:
         """Run forward (+ loss + backward when ``loss_fn``) with hooks; return the trace.
 
-        ``full`` keeps every array; otherwise only TensorStats (stage arrays are always kept).
+        ``full`` keeps every array; otherwise only TensorStats (stage arrays are always kept). Buffers are
+        recorded twice: before the forward (``param/``) and right after it (``buf/``).
         The model is restored (hooks, training flags, buffers, names) whatever happens.
         """
         t0 = time.perf_counter()
@@ -81,6 +82,11 @@ class Adapter(ABC):
                 except Exception as exc:  # name the last module that ran, as torchinfo does
                     last = rec.pending[-1]["module"] if rec.pending else "<none>"
                     raise AdapterError(f"{self.framework} forward failed after module {last!r}: {exc}") from exc
+            # buffers as the forward left them (train-mode BN updated its running statistics), before the
+            # restore below; walked again because a port may rebind a buffer attribute instead of updating it
+            for nt in self._named_tensors(model):
+                if nt.kind == ParamKind.BUFFER:
+                    rec.values[buffer_key(nt.name)] = rec.keep_value(nt.tensor)
             loss = None
             if loss_fn is not None:
                 loss = loss_fn(out, tgt, LossContext(self, rec, dtype))

@@ -126,20 +126,21 @@ class Recorder:
             # no-op cast); after an in-place op (ReLU(inplace=True), `y += 1`) the identity is new
             ident = ad._identity(t)
             alias = self.first_key.get(ident)  # the earliest record of this value (owns its gradient)
+            wants = bool(ad._wants_grad(t))  # False: made without a graph (no_grad, detach, integer)
             self.keep.append(t)
             # consumers see the latest record of a value, so a container's output (alias of its last
             # child) is what the next module reads, in both frameworks, whichever one made an alias
             self.id2key[ident] = key
             if alias is None:
                 self.first_key[ident] = key
-                if ad._wants_grad(t):
+                if wants:
                     self.watched.append((key, t))
                     ad._watch(key, t, self)
             self.values[key] = self.keep_value(t)
             self.pending.append(dict(order=order, module=name, module_type=type(module).__name__,
                                      call_index=call_index, sub=sub, shape=tuple(int(s) for s in t.shape),
                                      dtype=ad._dtype_name(t), training=training, input_keys=input_keys,
-                                     alias_of=alias))
+                                     alias_of=alias, requires_grad=wants))
 
     def keep_value(self, t: Any) -> Any:
         """A handle on ``t``'s value; in stats-only mode with an eager framework, its stats right away

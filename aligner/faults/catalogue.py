@@ -136,12 +136,12 @@ def catalogue() -> tuple[Fault, ...]:
           "BN momentum written in the Keras convention (0.97 = 1 - 0.03): running statistics drift after a step",
           "BN momentum 按 Keras 约定写成 0.97（= 1 - 0.03）：训练一步后 running 统计量漂移",
           lambda p: P.plant_bn_family(1e-3, 0.97, True, p), also_types=(T.BACKWARD_DIVERGENCE,), steps=2),
-        F("biased_running_var", "numerics", T.BACKWARD_DIVERGENCE, "*.running_var",
+        F("biased_running_var", "numerics", T.FORWARD_DIVERGENCE, "*.running_var",
           "running_var updated with the biased batch variance (Jittor's BatchNorm); torch uses the unbiased one",
           "running_var 用有偏的批方差更新（Jittor 自带 BatchNorm 的做法）；torch 使用无偏方差",
-          P.plant_biased_running_var, also_locations=("*.running_mean",), steps=2,
-          note="visible only in the BN running statistics after an optimizer step: the multi-step mode must "
-               "compare buffers, not only trainable tensors"),
+          P.plant_biased_running_var, also_locations=("*.running_mean",),
+          note="visible only in the BN running statistics: the buffers are compared as the captured "
+               "train-mode forward left them (the module outputs are unaffected)"),
         F("attention_scaled", "numerics", T.FORWARD_DIVERGENCE, "neck.high_IFM.transformer_blocks.0.attn",
           "attention logits multiplied by 1/sqrt(key_dim) (the official code never applies its scale)",
           "注意力 logits 乘以 1/sqrt(key_dim)（官方代码从未使用该缩放）",
@@ -187,12 +187,12 @@ def catalogue() -> tuple[Fault, ...]:
           P.plant_reg_max_from_config, options=(("use_dfl", False),),
           also_types=(T.WEIGHT_TRANSFER, T.PARAM_COUNT_DRIFT), also_locations=("detect.proj*",)),
         # initialisation
-        F("head_reinit", "init", T.WEIGHT_TRANSFER, "detect",
+        F("head_reinit", "init", T.INIT_MISMATCH, "detect",
           "prediction convs re-initialised with the default init after initialize_biases (weights not 0, biases not the prior)",
           "initialize_biases 之后预测卷积又被默认初始化覆盖（权重不为 0，偏置不是先验值）",
-          P.plant_head_reinit, also_types=(T.FORWARD_DIVERGENCE,),
+          P.plant_head_reinit,
           note="the aligner copies the torch weights into the port, so a port-side init is overwritten before "
-               "the comparison; only a check of the port's own initial values can see it"),
+               "the comparison; only the check of the port's own initial values (before the transfer) sees it"),
         F("proj_trainable", "init", T.PARAM_COUNT_DRIFT, "detect",
           "detect.proj and proj_conv.weight left trainable (torch: requires_grad=False)",
           "detect.proj 与 proj_conv.weight 仍可训练（torch 中 requires_grad=False）",

@@ -12,10 +12,26 @@ import jittor as jt
 from jittor import nn
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """Jittor's BatchNorm2d with torch's running_var update: the unbiased batch variance, sum / (n - 1).
+    Jittor's own stores the biased one (sum / n), which the aligner reports as a buffer divergence."""
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        if not self.is_train:
+            return super().execute(x)
+        old = self.running_var.clone()  # the value before super()'s in-place update()
+        y = super().execute(x)
+        n = x.numel() // x.shape[1]
+        # super(): rv = (1 - m) * old + m * var_biased; torch: (1 - m) * old + m * var_biased * n / (n - 1)
+        biased_term = self.running_var - old * (1.0 - self.momentum)
+        self.running_var.update(self.running_var + biased_term / (n - 1))
+        return y
+
+
 class ConvBNAct(nn.Module):
     def __init__(self, ci: int, co: int, k: int = 3, s: int = 1) -> None:
         self.conv = nn.Conv2d(ci, co, k, s, k // 2, bias=False)
-        self.bn = nn.BatchNorm2d(co)
+        self.bn = BatchNorm2d(co)
         self.act = nn.SiLU()
 
     def execute(self, x: jt.Var) -> jt.Var:
@@ -25,7 +41,7 @@ class ConvBNAct(nn.Module):
 class Attn(nn.Module):
     def __init__(self, c: int) -> None:
         self.qkv = nn.Conv2d(c, 3 * c, 1)
-        self.proj = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.proj = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), BatchNorm2d(c))
 
     def execute(self, x: jt.Var) -> jt.Var:
         b, c, h, w = x.shape

@@ -24,7 +24,7 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 # Most important first inside one severity: root causes before their consequences.
 TYPE_PRIORITY = (
     "weight_transfer", "shape_mismatch", "missing_parameter", "extra_parameter", "param_count_drift",
-    "mode_mismatch", "nan_inf", "forward_divergence", "backward_divergence", "unreachable_gradient",
+    "init_mismatch", "mode_mismatch", "nan_inf", "forward_divergence", "backward_divergence", "unreachable_gradient",
     "frozen_parameter", "gradient_pattern", "extra_gradient", "vanishing_gradient", "anchor_count_drift",
     "loss_divergence", "assigner_mismatch", "unmatched_module", "grad_sparsity_explained")
 # Which layer kinds a finding type points at (for the table's "finding type" filter).

@@ -157,6 +157,7 @@ _TYPES_EN = {
     "nan_inf": "NaN/Inf", "mode_mismatch": "mode mismatch", "forward_divergence": "forward divergence",
     "backward_divergence": "backward divergence", "loss_divergence": "loss divergence",
     "assigner_mismatch": "assigner mismatch", "weight_transfer": "weight transfer",
+    "init_mismatch": "initialisation mismatch",
     "unmatched_module": "unmatched module", "grad_sparsity_explained": "sparse gradients explained",
 }
 _TYPES_ZH = {
@@ -166,6 +167,7 @@ _TYPES_ZH = {
     "anchor_count_drift": "锚点数量不一致", "nan_inf": "NaN/Inf", "mode_mismatch": "模式不一致",
     "forward_divergence": "前向分歧", "backward_divergence": "反向分歧", "loss_divergence": "损失分歧",
     "assigner_mismatch": "分配器不一致", "weight_transfer": "权重迁移失败", "unmatched_module": "未匹配模块",
+    "init_mismatch": "初始化不一致",
     "grad_sparsity_explained": "稀疏梯度已解释",
 }
 
