@@ -17,6 +17,7 @@ import math
 from dataclasses import replace
 
 from aligner.compare import (ROUNDOFF, Comparison, Divergence, StateComparison, StateTraces, _rel, _Side)
+from aligner.findings import common_module
 from aligner.match import Match, MatchResult
 from aligner.tolerances import Kind
 
@@ -163,7 +164,7 @@ def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResul
     if len(passing) == 1:
         location = passing[0].module
     elif passing:
-        location = _common_ancestor([c.module for c in passing]) or passing[0].module
+        location = common_module([c.module for c in passing]) or passing[0].module
     else:
         ancestors = [x.torch for x in matches.matches
                      if x.torch.order > r.order and x.torch.order in ok_orders
@@ -220,16 +221,6 @@ def _graphless_producer(r: Comparison, m: Match, matches: MatchResult, j: _Side)
 
 def _is_ancestor(a: str, b: str) -> bool:
     return a != b and (a == "" or b.startswith(a + "."))
-
-
-def _common_ancestor(names: list[str]) -> str:
-    parts = [n.split(".") for n in names]
-    out = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        out.append(level[0])
-    return ".".join(out)
 
 
 def first_divergence(states: list[StateComparison]) -> Divergence | None:

@@ -31,6 +31,16 @@ def require_golden(path: Path = GOLDEN_N_DIR) -> None:
         pytest.skip(f"golden data not found at {path}")
 
 
+def scalar_rel(a: float, ref: float) -> float:
+    """|a - ref| / |ref| for scalars (losses, loss items)."""
+    return abs(float(a) - float(ref)) / abs(float(ref))
+
+
+def norm_rel(a: np.ndarray, ref: np.ndarray) -> float:
+    """||a - ref|| / ||ref|| in float64 (the golden READMEs' gradient measure)."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - ref) / np.linalg.norm(np.asarray(ref, np.float64)))
+
+
 def max_rel(a: np.ndarray | torch.Tensor, ref: np.ndarray) -> float:
     """max|a - ref| / max|ref| (the golden READMEs' measure)."""
     if isinstance(a, torch.Tensor):

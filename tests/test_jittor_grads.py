@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from golden import FORMULA_DIR, FORMULA_SIZES, load_formula, load_golden_n, load_golden_n_manifest
+from golden import (FORMULA_DIR, FORMULA_SIZES, golden_n_state_dict, load_formula, load_golden_n,
+                    load_golden_n_manifest, norm_rel, scalar_rel)
 from golden_formula import formula_state_dict
 
 import aligner.env  # noqa: F401  (before jittor)
@@ -44,14 +45,6 @@ SYNTH_SIZE, SYNTH_STEPS, SYNTH_NC, SYNTH_LR = 128, 30, 4, 1e-5
 SYNTH_TARGETS = np.array([[0, 1, 0.30, 0.35, 0.25, 0.30], [0, 3, 0.70, 0.60, 0.40, 0.50],
                           [1, 0, 0.50, 0.50, 0.60, 0.70], [1, 2, 0.20, 0.75, 0.15, 0.20],
                           [1, 1, 0.80, 0.25, 0.20, 0.30]], dtype=np.float32)
-
-
-def _rel(a: float, ref: float) -> float:
-    return abs(float(a) - float(ref)) / abs(float(ref))
-
-
-def _normrel(a: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.float64) - ref) / np.linalg.norm(np.asarray(ref, np.float64)))
 
 
 _tags = itertools.count()
@@ -80,19 +73,12 @@ def grad_report(model: jt.Module, loss: jt.Var) -> tuple[dict[str, np.ndarray], 
     return {n: g.numpy() for (n, _), g in zip(named, grads)}, unreachable
 
 
-def _golden_sd(data: Any, perturbed: bool) -> dict[str, np.ndarray]:
-    sd = {k[3:]: data[k] for k in data.files if k.startswith("sd/")}
-    if perturbed:
-        sd.update({k[len("perturb/"):]: data[k] for k in data.files if k.startswith("perturb/")})
-    return sd
-
-
 def _n_model(data: Any, perturbed: bool, dtype: str) -> jt.Module:
     jt.set_global_seed(0)
     model = build_model("gold_yolo-n", **N_KW)
     if dtype == "float64":
         model.float64()
-    load_torch_state_dict(model, _golden_sd(data, perturbed))
+    load_torch_state_dict(model, golden_n_state_dict(data, perturbed))
     return model.train()
 
 
@@ -159,10 +145,10 @@ def test_init_gradients_same_nonzero_set_as_golden(init32, gold, manifest):
     assert init32.unreachable == set()
     nonzero = {n for n, g in init32.grads.items() if np.any(g != 0)}
     assert nonzero == set(ref["nonzero_names"]) and len(nonzero) == 10
-    assert _rel(init32.loss, gold["loss/total"]) <= 1e-5
+    assert scalar_rel(init32.loss, gold["loss/total"]) <= 1e-5
     for name in ref["nonzero_names"]:
         # 1e-3 = 10x the golden's own 1-vs-2-thread spread of grad_init (1.0e-4, README)
-        assert _normrel(init32.grads[name], gold[f"grad_init/{name}"]) <= 1e-3, name
+        assert norm_rel(init32.grads[name], gold[f"grad_init/{name}"]) <= 1e-3, name
 
 
 def test_unreachable_parameters_are_detected(gold):
@@ -188,9 +174,9 @@ def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
     incoming gradient, a discrete error that no tolerance proportional to the official run's own error can
     bound: the official code run with 1 thread instead of 2 also exceeds 3x on 3 of these tensors.
     """
-    assert _rel(pert32.loss, gold["pert/loss/total"]) <= 1e-5
+    assert scalar_rel(pert32.loss, gold["pert/loss/total"]) <= 1e-5
     for got, ref in zip(pert32.items, gold["pert/loss/items"]):
-        assert _rel(got, ref) <= 1e-5
+        assert scalar_rel(got, ref) <= 1e-5
     acc = manifest["grad_pert_accuracy"]
     math_zero = set(acc["mathematically_zero"]["names"])
     all_zero = set(manifest["grad_pert"]["all_zero_names"])
@@ -206,7 +192,7 @@ def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
             continue
         tol = max(3.0 * acc["per_tensor"][name]["normrel_f32_vs_f64"], 1e-3)
         key64 = f"pert64/grad/{name}"
-        err = _normrel(g, gold[key64] if key64 in gold.files else ref)
+        err = norm_rel(g, gold[key64] if key64 in gold.files else ref)
         if err > tol:
             exceptions[name] = err
     assert all(n.startswith(RELU_FLIP_BLOCKS) for n in exceptions), sorted(exceptions)
@@ -215,9 +201,9 @@ def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
 
 # ------------------------------------------------------------------------------------------------- N, float64
 def test_perturbed_float64_loss_and_gradients(pert64_step, gold, manifest):
-    assert _rel(pert64_step.loss, gold["pert64/loss/total"]) <= 1e-6
+    assert scalar_rel(pert64_step.loss, gold["pert64/loss/total"]) <= 1e-6
     for got, ref in zip(pert64_step.items, gold["pert64/loss/items"]):
-        assert _rel(got, ref) <= 1e-6
+        assert scalar_rel(got, ref) <= 1e-6
     math_zero = set(manifest["grad_pert_accuracy"]["mathematically_zero"]["names"])
     stored = [k[len("pert64/grad/"):] for k in gold.files if k.startswith("pert64/grad/")]
     assert len(stored) == 365
@@ -229,17 +215,17 @@ def test_perturbed_float64_loss_and_gradients(pert64_step, gold, manifest):
         elif not np.any(ref):
             assert not np.any(g), name
         else:
-            assert _normrel(g, ref) <= 1e-6, name
+            assert norm_rel(g, ref) <= 1e-6, name
 
 
 def test_sgd_step_float64(pert64_step, gold, manifest):
     for name in manifest["step1"]["tensors"]:
         ref, old, new = gold[f"step1_64/{name}"], pert64_step.extra["before"][name], pert64_step.extra["after"][name]
-        assert _normrel(new, ref) <= 1e-6, name
-        assert _normrel(new - old, ref - old) <= 1e-6, name  # the update itself (the parameter dominates above)
-    assert _rel(pert64_step.extra["step1_loss"], gold["step1_64/loss/total"]) <= 1e-6
+        assert norm_rel(new, ref) <= 1e-6, name
+        assert norm_rel(new - old, ref - old) <= 1e-6, name  # the update itself (the parameter dominates above)
+    assert scalar_rel(pert64_step.extra["step1_loss"], gold["step1_64/loss/total"]) <= 1e-6
     for got, ref in zip(pert64_step.extra["step1_items"], gold["step1_64/loss/items"]):
-        assert _rel(got, ref) <= 1e-6
+        assert scalar_rel(got, ref) <= 1e-6
 
 
 # ------------------------------------------------------------------------------------- 30 steps vs torch
@@ -300,11 +286,11 @@ def test_thirty_sgd_steps_match_torch():
     Measured at 128x128: float64 4.5957 -> 4.4966, torch vs Jittor <= 9.8e-16 at every step; float32 <= 4.0e-3.
     """
     t64, j64 = _train_side_by_side("float64")
-    rel64 = [_rel(j, t) for j, t in zip(j64, t64)]
+    rel64 = [scalar_rel(j, t) for j, t in zip(j64, t64)]
     assert max(rel64) <= 1e-6, rel64
     assert t64[-1] < t64[0] and j64[-1] < j64[0]
     t32, j32 = _train_side_by_side("float32")
-    rel32 = [_rel(j, t) for j, t in zip(j32, t32)]
+    rel32 = [scalar_rel(j, t) for j, t in zip(j32, t32)]
     assert max(rel32) <= 1e-2, rel32
     assert t32[-1] < t32[0] and j32[-1] < j32[0]
 
@@ -350,14 +336,14 @@ def formula64(request) -> dict:
 
 def test_formula_float64_loss_and_assigner(formula64):
     data = formula64["data"]
-    assert _rel(formula64["loss"], data["f64/loss/total"]) <= 1e-9
+    assert scalar_rel(formula64["loss"], data["f64/loss/total"]) <= 1e-9
     for got, ref in zip(formula64["items"], data["f64/loss/items"]):
-        assert _rel(got, ref) <= 1e-9
+        assert scalar_rel(got, ref) <= 1e-9
     _, _, scores, fg = formula64["assign"]
     assert int(fg.sum()) == int(data["f64/assign/fg_count"]) == 52
     assert [int(c.sum()) for c in np.split(fg, [1600, 2000], axis=1)] == data["assign/fg_per_level"].tolist()
     np.testing.assert_array_equal(fg.astype(np.uint8), data["assign/fg_mask"])  # float32 and float64 masks agree
-    assert _rel(scores.sum(), data["f64/assign/target_scores_sum"]) <= 1e-9
+    assert scalar_rel(scores.sum(), data["f64/assign/target_scores_sum"]) <= 1e-9
 
 
 def test_formula_float64_gradient_norms(formula64):
@@ -375,4 +361,4 @@ def test_formula_float64_gradient_norms(formula64):
             # the manifest's own criterion: float64 norm < 1e-6 x the float32 norm
             assert got < 1e-6 * float(data[f"gradnorm/{name}"]), name
         else:
-            assert _rel(got, ref) <= 1e-6, (name, _rel(got, ref))
+            assert scalar_rel(got, ref) <= 1e-6, (name, scalar_rel(got, ref))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from golden import FORMULA_SIZES, GOLDEN_N_DIR, load_formula, load_golden_n, load_golden_n_manifest, require_golden
+from golden import (FORMULA_SIZES, GOLDEN_N_DIR, load_formula, load_golden_n, load_golden_n_manifest, norm_rel,
+                    require_golden, scalar_rel)
 
 import aligner.env  # noqa: F401  (before jittor)
 import jittor as jt
@@ -22,10 +23,6 @@ from jittor_impl.loss import binary_cross_entropy, build_loss
 N_STRIDES = (8, 16, 32)
 N_LEVELS = [3969, 1024, 256]
 N_KW = dict(num_classes=20, img_size=500, use_dfl=True, reg_max=16, iou_type="siou")
-
-
-def _rel(a: float, ref: float) -> float:
-    return abs(float(a) - float(ref)) / abs(float(ref))
 
 
 def _max_rel(a: np.ndarray, ref: np.ndarray) -> float:
@@ -141,9 +138,9 @@ def test_tal_loss_matches_golden(gold, prefix):
     # faithful dtypes: targets through numpy float64 -> float64 loss, items and target scores
     assert str(loss.dtype) == "float64" and str(items.dtype) == "float64" and items.is_stop_grad()
     # measured: init 7.9e-9 / items 2.5e-8; perturbed 3.4e-8 / 8.0e-8 (float32 kernel rounding of the decode)
-    assert _rel(loss.item(), gold[f"{prefix}loss/total"]) <= 1e-5
+    assert scalar_rel(loss.item(), gold[f"{prefix}loss/total"]) <= 1e-5
     for got, ref in zip(items.numpy().tolist(), gold[f"{prefix}loss/items"].tolist()):
-        assert _rel(got, ref) <= 1e-5
+        assert scalar_rel(got, ref) <= 1e-5
     labels, bboxes, scores, fg = cap["out"]
     assert int(fg.sum()) == int(gold[f"{prefix}assign/fg_count"]) == 78
     assert _fg_per_level(fg, N_LEVELS) == gold[f"{prefix}assign/fg_per_level"].tolist() == [52, 26, 0]
@@ -154,7 +151,7 @@ def test_tal_loss_matches_golden(gold, prefix):
     assert scores.dtype == np.float64
     # Not bit-equal: the IoU^6 metric amplifies the float32 rounding of the decoded boxes (DFL expectation: Jittor
     # kernel vs torch's MKL sgemv). Measured 1.5e-8 (init) and 3.5e-8 (perturbed) relative.
-    assert _rel(scores.sum(), gold[f"{prefix}assign/target_scores_sum"]) <= 1e-6
+    assert scalar_rel(scores.sum(), gold[f"{prefix}assign/target_scores_sum"]) <= 1e-6
 
 
 def test_tal_init_ties_resolved_like_torch(gold):
@@ -192,9 +189,9 @@ def test_atss_loss_matches_golden(gold, gold_atss):
     # measured 4.5e-8 (1 float32 ulp of the soft IoU labels, from the decoded-box rounding)
     assert np.abs(scores - gold_atss["atss/assign/target_scores"]).max() <= 1e-7
     # measured: total 8.3e-8, items <= 9.0e-8
-    assert _rel(loss.item(), gold_atss["atss/loss/total"]) <= 1e-6
+    assert scalar_rel(loss.item(), gold_atss["atss/loss/total"]) <= 1e-6
     for got, ref in zip(items.numpy().tolist(), gold_atss["atss/loss/items"].tolist()):
-        assert _rel(got, ref) <= 1e-6
+        assert scalar_rel(got, ref) <= 1e-6
 
 
 def _grads_vs_reference(gold, prefix: str, warmup: int, dtype: str) -> dict[str, float]:
@@ -217,8 +214,8 @@ def _grads_vs_reference(gold, prefix: str, warmup: int, dtype: str) -> dict[str,
     g_s, g_d = (g.numpy() for g in jt.grad(j_loss, [j_s, j_d]))
     assert g_s.dtype == np.dtype(dtype) and g_d.dtype == np.dtype(dtype)
     return {
-        "loss": _rel(j_loss.item(), t_loss.item()),
-        "items": max(_rel(a, b) for a, b in zip(j_items.numpy().tolist(), t_items.tolist())),
+        "loss": scalar_rel(j_loss.item(), t_loss.item()),
+        "items": max(scalar_rel(a, b) for a, b in zip(j_items.numpy().tolist(), t_items.tolist())),
         "scores_max": _max_rel(g_s, t_s.grad.numpy()), "scores_norm": _norm_rel(g_s, t_s.grad.numpy()),
         "distri_max": _max_rel(g_d, t_d.grad.numpy()), "distri_norm": _norm_rel(g_d, t_d.grad.numpy()),
     }
@@ -260,12 +257,12 @@ def test_formula_loss_from_golden_head(size):
         outputs = (feats, jt.array(data[f"{prefix}act/detect/1"], dtype),
                    jt.array(data[f"{prefix}act/detect/2"], dtype))
         loss, items = loss_fn(outputs, jt.array(data["targets"]), 0, 0)
-        assert _rel(loss.item(), data[f"{prefix}loss/total"]) <= tol, dtype
+        assert scalar_rel(loss.item(), data[f"{prefix}loss/total"]) <= tol, dtype
         for got, ref in zip(items.numpy().tolist(), data[f"{prefix}loss/items"].tolist()):
-            assert _rel(got, ref) <= tol, dtype
+            assert scalar_rel(got, ref) <= tol, dtype
         fg = cap["out"][3]
         assert int(fg.sum()) == int(data[f"{prefix}assign/fg_count"]) == 52
         assert _fg_per_level(fg, [1600, 400, 100]) == data["assign/fg_per_level"].tolist()
         np.testing.assert_array_equal(fg.astype(np.uint8), data["assign/fg_mask"])
         # float32: decoded-box rounding as in the N test (1e-6); float64: the loss tolerance
-        assert _rel(cap["out"][2].sum(), data[f"{prefix}assign/target_scores_sum"]) <= max(tol, 1e-6)
+        assert scalar_rel(cap["out"][2].sum(), data[f"{prefix}assign/target_scores_sum"]) <= max(tol, 1e-6)

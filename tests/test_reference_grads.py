@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from golden import (FORMULA_DIR, FORMULA_SIZES, GOLDEN_N_DIR, formula_model, golden_n_model, load_formula,
-                    load_golden_n, load_golden_n_manifest, require_golden)
+                    load_golden_n, load_golden_n_manifest, norm_rel, require_golden, scalar_rel)
 
 from reference_torch.loss import build_loss
 from reference_torch.model import build_model
@@ -22,14 +22,6 @@ from reference_torch.train import build_optimizer, train_step
 F64_ZERO_ABS = 1e-12
 # the stored float32 values of those tensors are round-off of ~1e-9 (README); ours measured <= 4.3e-9
 F32_ZERO_ABS = 1e-7
-
-
-def _rel(a: float, ref: float) -> float:
-    return abs(float(a) - float(ref)) / abs(float(ref))
-
-
-def _normrel(a: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.float64) - ref) / np.linalg.norm(np.asarray(ref, np.float64)))
 
 
 def _grads(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -118,17 +110,17 @@ def test_init_gradients_match_golden(init32, gold, manifest):
     nonzero = {n for n, g in init32.grads.items() if np.any(g != 0)}
     assert len(init32.grads) == ref["n_trainable_tensors"] == 456
     assert nonzero == set(ref["nonzero_names"]) and len(nonzero) == 10
-    assert _rel(init32.loss, gold["loss/total"]) <= 1e-5  # measured 0.0
+    assert scalar_rel(init32.loss, gold["loss/total"]) <= 1e-5  # measured 0.0
     for name in ref["nonzero_names"]:
         # 1e-3 = 10x the golden's own 1-vs-2-thread spread of grad_init (1.0e-4, README); measured 0.0
-        assert _normrel(init32.grads[name], gold[f"grad_init/{name}"]) <= 1e-3, name
+        assert norm_rel(init32.grads[name], gold[f"grad_init/{name}"]) <= 1e-3, name
 
 
 def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
     # measured 7.2e-8 (the MKL sgemv of the DFL decode; bit-identical with MKL_CBWR=COMPATIBLE)
-    assert _rel(pert32.loss, gold["pert/loss/total"]) <= 1e-5
+    assert scalar_rel(pert32.loss, gold["pert/loss/total"]) <= 1e-5
     for got, ref in zip(pert32.items, gold["pert/loss/items"]):
-        assert _rel(got, ref) <= 1e-5  # measured <= 1.5e-7
+        assert scalar_rel(got, ref) <= 1e-5  # measured <= 1.5e-7
     acc = manifest["grad_pert_accuracy"]
     math_zero = set(acc["mathematically_zero"]["names"])
     all_zero = set(manifest["grad_pert"]["all_zero_names"])
@@ -142,7 +134,7 @@ def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
             assert np.abs(g).max() <= F32_ZERO_ABS, name
         else:
             tol = max(3.0 * acc["per_tensor"][name]["normrel_f32_vs_f64"], 1e-3)
-            err = _normrel(g, ref)
+            err = norm_rel(g, ref)
             worst = max(worst, err / tol)
             assert err <= tol, (name, err, tol)
     assert worst <= 1.0  # measured: max err/tol 2.0e-3 (max err 9.9e-6, median 8.4e-7)
@@ -162,9 +154,9 @@ def test_bn_buffers_after_one_train_forward(pert32, gold):
 
 # ------------------------------------------------------------------------------------------------- N, float64
 def test_perturbed_float64_loss_and_gradients(pert64_step, gold, manifest):
-    assert _rel(pert64_step.loss, gold["pert64/loss/total"]) <= 1e-6  # measured 1.8e-16
+    assert scalar_rel(pert64_step.loss, gold["pert64/loss/total"]) <= 1e-6  # measured 1.8e-16
     for got, ref in zip(pert64_step.items, gold["pert64/loss/items"]):
-        assert _rel(got, ref) <= 1e-6
+        assert scalar_rel(got, ref) <= 1e-6
     math_zero = set(manifest["grad_pert_accuracy"]["mathematically_zero"]["names"])
     stored = [k[len("pert64/grad/"):] for k in gold.files if k.startswith("pert64/grad/")]
     assert len(stored) == 365
@@ -175,23 +167,23 @@ def test_perturbed_float64_loss_and_gradients(pert64_step, gold, manifest):
         elif not np.any(ref):
             assert not np.any(g), name
         else:
-            assert _normrel(g, ref) <= 1e-6, name  # measured max 4.2e-13
+            assert norm_rel(g, ref) <= 1e-6, name  # measured max 4.2e-13
 
 
 def test_sgd_step_float64(pert64_step, gold, manifest):
     for name in manifest["step1"]["tensors"]:
         ref, old, new = gold[f"step1_64/{name}"], pert64_step.extra["before"][name], pert64_step.extra["after"][name]
-        assert _normrel(new, ref) <= 1e-6, name
+        assert norm_rel(new, ref) <= 1e-6, name
         # the update itself (the parameter dominates the line above): measured <= 1.1e-12
-        assert _normrel(new - old, ref - old) <= 1e-6, name
+        assert norm_rel(new - old, ref - old) <= 1e-6, name
     # the step is far outside the linear regime and amplifies gradient error; measured 1.4e-14
-    assert _rel(pert64_step.extra["step1_loss"], gold["step1_64/loss/total"]) <= 1e-6
+    assert scalar_rel(pert64_step.extra["step1_loss"], gold["step1_64/loss/total"]) <= 1e-6
     for got, ref in zip(pert64_step.extra["step1_items"], gold["step1_64/loss/items"]):
-        assert _rel(got, ref) <= 1e-6
+        assert scalar_rel(got, ref) <= 1e-6
 
 
 def test_atss_float64_gradient_norms(atss64, gold_atss):
-    assert _rel(atss64.loss, gold_atss["atss64/loss/total"]) <= 1e-6  # measured 0.0
+    assert scalar_rel(atss64.loss, gold_atss["atss64/loss/total"]) <= 1e-6  # measured 0.0
     names = [k[len("atss64/gradnorm/"):] for k in gold_atss.files if k.startswith("atss64/gradnorm/")]
     assert len(names) == 456 and set(names) == set(atss64.grads)
     for name in names:
@@ -200,7 +192,7 @@ def test_atss_float64_gradient_norms(atss64, gold_atss):
         if ref < F64_ZERO_ABS:  # the 7 mathematically-zero tensors (reference norms ~1e-17)
             assert got <= F64_ZERO_ABS, name
         else:
-            assert _rel(got, ref) <= 1e-6, name  # measured max 3.7e-13
+            assert scalar_rel(got, ref) <= 1e-6, name  # measured max 3.7e-13
 
 
 def test_official_optimizer_groups():
@@ -253,11 +245,11 @@ def test_formula_losses_and_assigner(formula_run):
     for dtype, prefix, tol in ((torch.float32, "", 1e-5), (torch.float64, "f64/", 1e-9)):
         loss, items, (_, _, scores, fg) = formula_run[dtype]
         # measured: float32 1.2e-7 / 2.9e-7 / 1.4e-7 (S/M/L), float64 <= 4.0e-14
-        assert _rel(loss, data[f"{prefix}loss/total"]) <= tol, dtype
+        assert scalar_rel(loss, data[f"{prefix}loss/total"]) <= tol, dtype
         for got, ref in zip(items, data[f"{prefix}loss/items"]):
-            assert _rel(got, ref) <= tol, dtype
+            assert scalar_rel(got, ref) <= tol, dtype
         assert int(fg.sum()) == int(data[f"{prefix}assign/fg_count"]) == 52
-        assert _rel(scores.sum().item(), data[f"{prefix}assign/target_scores_sum"]) <= max(tol, 1e-6)
+        assert scalar_rel(scores.sum().item(), data[f"{prefix}assign/target_scores_sum"]) <= max(tol, 1e-6)
         np.testing.assert_array_equal(fg.numpy().astype(np.uint8), data["assign/fg_mask"])
     fg32 = formula_run[torch.float32][2][3]
     assert [int(c.sum()) for c in torch.split(fg32, [1600, 400, 100], 1)] == data["assign/fg_per_level"].tolist()
@@ -277,6 +269,6 @@ def test_formula_float64_gradient_norms(formula_run):
             # the manifest's own criterion: float64 norm < 1e-6 x the float32 norm (observed ratios < 1e-8)
             assert got < 1e-6 * float(data[f"gradnorm/{name}"]), name
         else:
-            rels.append(_rel(got, ref))
+            rels.append(scalar_rel(got, ref))
             assert rels[-1] <= 1e-6, (name, rels[-1])  # measured max 1.1e-11 (S), 4.7e-9 (M alpha), 1.7e-10 (L)
     assert float(np.median(rels)) <= 1e-7  # measured 4.5e-13 / 2.2e-11 / 2.1e-12

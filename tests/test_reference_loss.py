@@ -8,16 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from golden import FORMULA_SIZES, GOLDEN_N_DIR, load_formula, load_golden_n, require_golden
+from golden import FORMULA_SIZES, GOLDEN_N_DIR, load_formula, load_golden_n, require_golden, scalar_rel
 
 from reference_torch.anchors import bbox2dist, dist2bbox, generate_anchors
 from reference_torch.loss import build_loss
 
 N_STRIDES = (8, 16, 32)
-
-
-def _rel(a: float, ref: float) -> float:
-    return abs(float(a) - float(ref)) / abs(float(ref))
 
 
 def _capture(module: torch.nn.Module, store: dict) -> None:
@@ -87,9 +83,9 @@ def test_tal_loss_from_golden_head(gold, prefix):
     assert loss.dtype == torch.float64 and not items.requires_grad
     # measured: init 0.0 (bit-identical), perturbed 7.2e-8. The perturbed difference is float32 kernel rounding
     # (softmax/decode), not logic: +-0.5 ulp noise on the stored head outputs moves the loss by ~1e-7.
-    assert _rel(loss.item(), gold[f"{prefix}loss/total"]) <= 1e-5
+    assert scalar_rel(loss.item(), gold[f"{prefix}loss/total"]) <= 1e-5
     for got, ref in zip(items.tolist(), gold[f"{prefix}loss/items"].tolist()):
-        assert _rel(got, ref) <= 1e-5
+        assert scalar_rel(got, ref) <= 1e-5
     labels, bboxes, scores, fg = cap["out"]
     assert int(fg.sum()) == int(gold[f"{prefix}assign/fg_count"]) == 78
     assert _fg_per_level(fg, [3969, 1024, 256]) == gold[f"{prefix}assign/fg_per_level"].tolist()
@@ -100,7 +96,7 @@ def test_tal_loss_from_golden_head(gold, prefix):
     assert scores.dtype == torch.float64
     # measured: init bit-identical; perturbed 1.2e-7 relative (IoU^6 amplifies the float32 box rounding above)
     tol = 0.0 if prefix == "" else 1e-6
-    assert _rel(scores.sum().item(), gold[f"{prefix}assign/target_scores_sum"]) <= tol
+    assert scalar_rel(scores.sum().item(), gold[f"{prefix}assign/target_scores_sum"]) <= tol
 
 
 def test_atss_warmup_loss_from_golden_head(gold, gold_atss):
@@ -118,9 +114,9 @@ def test_atss_warmup_loss_from_golden_head(gold, gold_atss):
     # measured 2.98e-8 (1-2 float32 ulps of the soft IoU labels; same float32-kernel cause as above)
     assert np.abs(scores.numpy() - gold_atss["atss/assign/target_scores"]).max() <= 1e-7
     # measured: total 1.2e-9, items <= 1.7e-9
-    assert _rel(loss.item(), gold_atss["atss/loss/total"]) <= 1e-6
+    assert scalar_rel(loss.item(), gold_atss["atss/loss/total"]) <= 1e-6
     for got, ref in zip(items.tolist(), gold_atss["atss/loss/items"].tolist()):
-        assert _rel(got, ref) <= 1e-6
+        assert scalar_rel(got, ref) <= 1e-6
 
 
 @pytest.mark.parametrize("size", FORMULA_SIZES)
@@ -139,12 +135,12 @@ def test_formula_loss_from_golden_head(size):
         outputs = (feats, torch.from_numpy(data[f"{prefix}act/detect/1"]), torch.from_numpy(data[f"{prefix}act/detect/2"]))
         loss, items = loss_fn(outputs, targets, 0, 0)
         # measured: float32 1.2e-7 (S) / 2.9e-7 (M) / 1.4e-7 (L); float64 <= 1.4e-15
-        assert _rel(loss.item(), data[f"{prefix}loss/total"]) <= tol
+        assert scalar_rel(loss.item(), data[f"{prefix}loss/total"]) <= tol
         for got, ref in zip(items.tolist(), data[f"{prefix}loss/items"].tolist()):
-            assert _rel(got, ref) <= tol
+            assert scalar_rel(got, ref) <= tol
         fg = cap["out"][3]
         assert int(fg.sum()) == int(data[f"{prefix}assign/fg_count"]) == 52
-        assert _rel(cap["out"][2].sum().item(), data[f"{prefix}assign/target_scores_sum"]) <= max(tol, 1e-6)
+        assert scalar_rel(cap["out"][2].sum().item(), data[f"{prefix}assign/target_scores_sum"]) <= max(tol, 1e-6)
         if prefix == "":
             assert _fg_per_level(fg, [1600, 400, 100]) == data["assign/fg_per_level"].tolist()
             np.testing.assert_array_equal(fg.numpy().astype(np.uint8), data["assign/fg_mask"])
