@@ -52,7 +52,7 @@ def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[s
     ``jittor_options`` go to the pair's Jittor builder (e.g. a planted fault); ``jittor_model``
     replaces the Jittor model outright (a deliberately broken copy). ``out_dir`` writes results.json.
     """
-    from aligner.capture import capture_in_process, torch_weights  # noqa: PLC0415 - lazy
+    from aligner.capture import capture_in_process, reference_model, reference_states  # noqa: PLC0415 - lazy
     from aligner.pairs import get_pair  # noqa: PLC0415
 
     say = progress or (lambda _msg: None)
@@ -68,7 +68,9 @@ def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[s
         # measures how strongly each tensor amplifies float32-level perturbations.
         odt = "float64" if p.dtype == "float32" else "float32"
         po = get_pair(p.label, **{**opts, "dtype": odt}) if isinstance(pair, str) else _with_dtype(p, odt)
-    weights = _timed(timings, "transfer", lambda: torch_weights(p, st))
+    # the torch model is built once: its states are what both sides load, its init summary is recorded
+    tmodel, tinit = _timed(timings, "build_torch", lambda: reference_model(p))
+    weights = _timed(timings, "transfer", lambda: reference_states(p, tmodel, st))
     # the port's own initialisation, summarised before the first transfer overwrites it (aligner.initcheck);
     # a model handed in may already hold trained or loaded weights: not checked
     jinit: dict[str, Any] | bool = False
@@ -83,8 +85,9 @@ def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[s
     for s in st:
         say(f"[{s}] capturing {p.label} in torch")
         first = s == st[0]  # the init check is state-independent: recorded with the first state only
-        tt = _timed(timings, "capture_torch", lambda: capture_in_process(p, "torch", states=[s], full=full,
-                                                                          init=first, **extra)[s])
+        tt = _timed(timings, "capture_torch", lambda: capture_in_process(
+            p, "torch", states=[s], full=full, model=tmodel, weights={s: weights[s]},
+            init=(tinit or False) if first else False, **extra)[s])
         say(f"[{s}] capturing jittor")
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
             p, "jittor", states=[s], full=full, weights={s: weights[s]}, model=jittor_model,

@@ -30,7 +30,7 @@ from .trace_io import read_weights, write_trace_set
 from .weights import transfer_arrays
 
 __all__ = ["capture_in_process", "capture_pair", "capture_subprocess", "capture_models", "torch_weights",
-           "environment"]
+           "reference_model", "reference_states", "environment"]
 
 
 def environment() -> dict[str, Any]:
@@ -74,7 +74,8 @@ def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: 
     """Capture ``framework``'s side of ``pair`` in every state; returns ``{state: Trace}``.
 
     ``weights`` (state -> torch arrays) are what the Jittor side loads; by default they are produced
-    here by building the torch model (so this process then imports torch too). ``model`` reuses an
+    here by building the torch model (so this process then imports torch too). The torch side uses
+    them too when given with ``model`` (the states of that very model, see :func:`reference_states`). ``model`` reuses an
     already built model (e.g. a deliberately broken Jittor copy); ``jittor_options`` go to
     ``pair.build_jittor``. ``steps`` > 0 also runs that many SGD steps (``optimizer`` overrides the
     hyper-parameters: lr 0.01, momentum 0.937, nesterov, weight_decay 5e-4) and stores
@@ -85,6 +86,21 @@ def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: 
     """
     return _capture(pair, framework, states=states, full=full, weights=weights, jittor_options=jittor_options,
                     model=model, steps=steps, optimizer=optimizer, init=init, **pair_options)[0]
+
+
+def reference_model(pair: Pair, init: bool = True) -> tuple[Any, dict[str, Any] | None]:
+    """The pair's torch model, built once, and its initialisation summary (``meta["init"]``; None
+    without ``init``). A caller capturing several states reuses it instead of building it per state."""
+    adapter = get_adapter(Framework.TORCH)
+    # the twin first: the main build then reseeds, so its numbers are those of a run without the twin
+    twin = _twin_arrays(pair, adapter) if init else None
+    model = pair.build_for("torch")
+    return model, (init_summary(adapter.state_arrays(model), twin) if init else None)
+
+
+def reference_states(pair: Pair, model: Any, states: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Parameters + buffers of an already built torch model of ``pair`` in each state."""
+    return _torch_states(pair, get_adapter(Framework.TORCH), model, states)
 
 
 def _twin_arrays(pair: Pair, adapter: Adapter) -> dict[str, np.ndarray] | None:
@@ -111,14 +127,16 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
     t0 = time.perf_counter()
     adapter = get_adapter(fw)
     init_meta = init if isinstance(init, dict) else None
-    if model is None:
-        # the twin first: the main build then reseeds, so its numbers are those of a run without the twin
-        twin = _twin_arrays(p, adapter) if (init is True and fw == Framework.TORCH) else None
-        model = p.build_for(str(fw), **((jittor_options or {}) if fw == Framework.JITTOR else {}))
+    given = model is not None
+    if model is None and fw == Framework.TORCH:
+        model, built_init = reference_model(p, init is True)
+        init_meta = built_init if init is True else init_meta
+    elif model is None:
+        model = p.build_for(str(fw), **(jittor_options or {}))
         if init is True:
-            init_meta = init_summary(adapter.state_arrays(model), twin)
+            init_meta = init_summary(adapter.state_arrays(model), None)
     t_build = time.perf_counter() - t0
-    if fw == Framework.TORCH:
+    if fw == Framework.TORCH and not (given and weights is not None and all(s in weights for s in states)):
         weights = _torch_states(p, adapter, model, states)
     elif weights is None:
         weights = torch_weights(p, states)

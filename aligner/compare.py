@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -118,6 +118,8 @@ class StateComparison:
     scales: dict[str, float] = field(default_factory=dict)
     reference_mismatch: list[str] = field(default_factory=list)  # params differing in the noise reference
     uncaptured: list[str] = field(default_factory=list)  # output gradients one side failed to record
+    # key resolution of (torch, jittor), kept for aligner.divergence.locate, which drops it (it holds the traces)
+    sides: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
 
 def fetch(trace: Trace, key: str, alias: str | None = None) -> Tensor | None:
@@ -133,8 +135,8 @@ def fetch(trace: Trace, key: str, alias: str | None = None) -> Tensor | None:
 
 
 def _same_value(a: Tensor | None, b: Tensor | None) -> bool:
-    if a is None or b is None:
-        return True  # nothing recorded separately: trust the alias
+    if a is None or b is None or a is b:
+        return True  # nothing recorded separately (or one shared handle): trust the alias
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
     sa = a if isinstance(a, TensorStats) else TensorStats.of(a)
@@ -168,7 +170,14 @@ def _absmax(t: Tensor | None) -> float:
     if isinstance(t, TensorStats):
         vals = [abs(t.min), abs(t.max)]
         return max(v for v in vals if math.isfinite(v)) if any(math.isfinite(v) for v in vals) else 0.0
-    a = np.asarray(t, dtype=np.float64)
+    a = np.asarray(t)
+    if a.size == 0:
+        return 0.0
+    if a.dtype.kind in "fiub":
+        lo, hi = float(a.min()), float(a.max())  # two passes in the stored dtype, no float64 copy
+        if math.isfinite(lo) and math.isfinite(hi):
+            return max(abs(lo), abs(hi))
+    a = np.asarray(a, dtype=np.float64)
     a = a[np.isfinite(a)]
     return float(np.abs(a).max()) if a.size else 0.0
 
@@ -229,11 +238,12 @@ def compare_state(st: StateTraces, tolerances: Tolerances, mapping: dict[str, st
     r64 = _Side(other) if (other is not None and tolerances.noise_floor) else None
     scales = _scales(st.torch)
     rows: list[Comparison] = []
+    memo: dict[tuple[Any, ...], Any] = {}
     for m in matches.matches:
-        rows += _call_rows(st.state, m, t, j, r64, low, tolerances, scales)
+        rows += _call_rows(st.state, m, t, j, r64, low, tolerances, scales, memo)
     rows += _param_rows(st.state, st.torch, st.jittor, other if r64 else None, low, tolerances,
                         scales, mapping or {})
-    return StateComparison(st.state, matches, rows, None, None, r64 is not None, scales, mismatch)
+    return StateComparison(st.state, matches, rows, None, None, r64 is not None, scales, mismatch, sides=(t, j))
 
 
 # Parameter values of the two precision references may differ by float32 rounding only.
@@ -264,8 +274,23 @@ def _scales(torch: Trace) -> dict[str, float]:
     return out
 
 
+def _memoised(memo: dict[tuple[Any, ...], Any] | None, objs: tuple[Any, ...], params: tuple[Any, ...],
+              compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per identity of ``objs`` (and ``params``): an alias row holds the very arrays of
+    its target row (the adapters share one handle per value), so its numbers are the target's. The
+    objects are kept in the memo, so their ids cannot be reused by a later temporary."""
+    if memo is None:
+        return compute()
+    key = tuple(id(o) for o in objs) + params
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (objs, compute())
+    return hit[1]
+
+
 def _judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, ref64: Tensor | None,
-                low: bool, tol: Tolerances, scales: dict[str, float], tol_kind: Kind | None = None
+                low: bool, tol: Tolerances, scales: dict[str, float], tol_kind: Kind | None = None,
+                memo: dict[tuple[Any, ...], Any] | None = None
                 ) -> tuple[TensorMetrics, Judgement, float | None, str | None] | None:
     """Metrics + judgement of one pair; a missing side counts as zeros (no gradient reached it).
     ``tol_kind`` picks the bounds of another kind (parameters after optimizer steps carry gradient
@@ -281,7 +306,7 @@ def _judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, 
     has_floor = ref64 is not None and missing is None
     rtol = tol.rtol(bk, name) * (1.0 if has_floor else tol.widen(bk))
     atol = tol.atol(bk, scales.get(kind.value, 0.0))
-    m = _metrics(ref, port, rtol, atol)
+    m = _memoised(memo, (ref, port), ("metrics", rtol, atol), lambda: _metrics(ref, port, rtol, atol))
     nf = e64 = None
     norm = tol.norm(bk)
     if has_floor:
@@ -289,14 +314,17 @@ def _judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, 
         # a float64 run, where the reference itself is the float64 oracle
         err = _rel_l2 if norm == "l2" else _rel
         own = m.rel_l2 if norm == "l2" else m.rel
-        nf, e64 = (err(ref, ref64), own) if low else (err(ref64, ref), err(ref64, port))
+
+        def rel(a: Tensor, b: Tensor) -> float:
+            return _memoised(memo, (a, b), (norm,), lambda: err(a, b))
+        nf, e64 = (rel(ref, ref64), own) if low else (rel(ref64, ref), rel(ref64, port))
     numel = int(np.prod(m.shape_ref)) if m.shape_ref else 1
     j = judge(m, rtol, atol, noise_floor=nf, rel_fp64=e64, multiplier=tol.factor(numel), norm=norm)
     return m, j, e64, missing
 
 
 def _call_rows(state: str, m: Match, t: _Side, j: _Side, r64: _Side | None, low: bool, tol: Tolerances,
-               scales: dict[str, float]) -> list[Comparison]:
+               scales: dict[str, float], memo: dict[tuple[Any, ...], Any] | None = None) -> list[Comparison]:
     rows = []
     j_subs = {r.sub: r for r in m.jittor.outputs}
     t_subs = {r.sub: r for r in m.torch.outputs}
@@ -315,7 +343,7 @@ def _call_rows(state: str, m: Match, t: _Side, j: _Side, r64: _Side | None, low:
                 ref = ref if ref is not None else np.zeros((0,))
                 port = port if port is not None else np.zeros((0,))
             ref64 = get(r64, rec64) if (r64 and rec64) else None
-            res = _judge_pair(kind, m.torch.module, ref, port, ref64, low, tol, scales)
+            res = _judge_pair(kind, m.torch.module, ref, port, ref64, low, tol, scales, memo=memo)
             if res is None:
                 continue
             metrics, jd, e64, missing = res

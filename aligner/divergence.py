@@ -26,7 +26,8 @@ __all__ = ["locate", "first_divergence"]
 
 def locate(sc: StateComparison, st: StateTraces) -> StateComparison:
     """Drop uncaptured gradient rows, add introduced ratios, find the first divergences (in place)."""
-    t, j = _Side(st.torch), _Side(st.jittor)
+    t, j = sc.sides if sc.sides is not None else (_Side(st.torch), _Side(st.jittor))
+    sc.sides = None  # it holds the whole traces, which the caller frees state by state
     sc.rows, sc.uncaptured = _drop_uncaptured(sc.rows, sc.matches)
     _add_introduced_ratios(sc.rows, sc.matches, t, j, str(st.torch.meta.get("dtype") or "float32"))
     sc.forward = _forward_divergence(sc.state, sc.rows, sc.matches, t, j)
@@ -88,6 +89,9 @@ def _add_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: _Sid
             key = (r.kind, r.order)
             worst[key] = max(worst.get(key, 0.0), r.metrics.rel)
     consumers = _consumers(matches, t)
+    # an input of one call is the output of another: its error is that row's (same arrays, same metric)
+    known = {(r.torch_key, r.jittor_key): r.metrics.rel for r in rows
+             if r.kind == Kind.FORWARD and r.missing is None and r.torch_key and r.jittor_key}
     for i, r in enumerate(rows):
         denom = None
         m = by_order.get(r.order)
@@ -96,6 +100,9 @@ def _add_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: _Sid
             if tk and len(tk) == len(jk):
                 errs = []
                 for a, b in zip(tk, jk):
+                    if (a, b) in known:
+                        errs.append(known[(a, b)])
+                        continue
                     ra, rb = t.input_(a), j.input_(b)
                     if ra is not None and rb is not None:
                         errs.append(_rel(ra, rb))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aligner.reductions import error_sums, pair_sums
 from aligner.records import TensorStats
 
 __all__ = ["EPS", "TensorMetrics", "compare_arrays", "compare_stats", "rel_error", "rel_l2_error"]
@@ -74,12 +75,15 @@ class TensorMetrics:
 
 def rel_error(ref: np.ndarray, port: np.ndarray) -> float:
     """``max|port-ref| / max|ref|`` in float64; inf on shape mismatch, NaN or Inf disagreement."""
-    r = np.asarray(ref, dtype=np.float64)
-    p = np.asarray(port, dtype=np.float64)
+    r, p = np.asarray(ref), np.asarray(port)
     if r.shape != p.shape:
         return math.inf
     if r.size == 0:
         return 0.0
+    s = error_sums(r, p) if (r.dtype.kind in "fiub" and p.dtype.kind in "fiub") else None
+    if s is not None:
+        return s.max_abs / (s.ref_absmax if s.ref_absmax > 0 else EPS)
+    r, p = r.astype(np.float64, copy=False), p.astype(np.float64, copy=False)
     diff = _abs_diff(r, p)
     if not np.all(np.isfinite(diff)):
         return math.inf
@@ -109,6 +113,26 @@ def compare_arrays(ref: np.ndarray, port: np.ndarray, *, rtol: float = 0.0,
                    atol: float = 0.0) -> TensorMetrics:
     """All metrics of ``port`` against ``ref``; elementwise closeness is ``|d| <= atol + rtol*|ref|``."""
     r0, p0 = np.asarray(ref), np.asarray(port)
+    if r0.shape == p0.shape and r0.size and r0.dtype.kind in "fiub" and p0.dtype.kind in "fiub":
+        # the common case, all finite: one fused chunked pass (aligner.reductions), ~3x faster than the
+        # whole-array passes below, which remain for NaN/Inf/overflow (same numbers up to summation order)
+        s = pair_sums(r0, p0, rtol, atol)
+        if s is not None:
+            shape = tuple(int(x) for x in r0.shape)
+            nr, np_ = math.sqrt(s.rr), math.sqrt(s.pp)
+            cosine = 1.0 if (nr == 0.0 and np_ == 0.0) else (0.0 if (nr == 0.0 or np_ == 0.0)
+                                                              else s.rp / nr / np_)
+            return TensorMetrics(shape, shape, s.max_abs, s.max_abs / (s.ref_absmax if s.ref_absmax > 0 else EPS),
+                                 s.sum_abs / s.n, cosine, s.close / s.n, max(s.required, 0.0), s.ref_absmax,
+                                 nan_ref=0, nan_port=0, inf_ref=0, inf_port=0,
+                                 zero_frac_ref=s.zeros_ref / s.n, zero_frac_port=s.zeros_port / s.n,
+                                 rtol=rtol, atol=atol, exact=s.max_abs == 0.0,
+                                 rel_l2=math.sqrt(s.dd) / (nr if nr > 0 else EPS))
+    return _compare_masked(r0, p0, rtol, atol)
+
+
+def _compare_masked(r0: np.ndarray, p0: np.ndarray, rtol: float, atol: float) -> TensorMetrics:
+    """compare_arrays on whole float64 copies, with NaN/Inf masks where needed (and shape/size edge cases)."""
     r = r0.astype(np.float64, copy=False)
     p = p0.astype(np.float64, copy=False)
     # Almost every tensor is all-finite: then the NaN/Inf masks, counts and copies are skipped (about 40%
@@ -159,12 +183,15 @@ def _rel_l2(r: np.ndarray, diff: np.ndarray, finite: bool) -> float:
 
 def rel_l2_error(ref: np.ndarray, port: np.ndarray) -> float:
     """``||port-ref||_2 / ||ref||_2`` in float64; inf on shape mismatch or non-finite difference."""
-    r = np.asarray(ref, dtype=np.float64)
-    p = np.asarray(port, dtype=np.float64)
+    r, p = np.asarray(ref), np.asarray(port)
     if r.shape != p.shape:
         return math.inf
     if r.size == 0:
         return 0.0
+    s = error_sums(r, p) if (r.dtype.kind in "fiub" and p.dtype.kind in "fiub") else None
+    if s is not None:
+        return math.sqrt(s.dd) / (math.sqrt(s.rr) if s.rr > 0 else EPS)
+    r, p = r.astype(np.float64, copy=False), p.astype(np.float64, copy=False)
     return _rel_l2(r, _abs_diff(r, p), False)
 
 

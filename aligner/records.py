@@ -34,12 +34,13 @@ Names (modules, params) are the framework's own dotted names; for a correct port
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum, unique
 from typing import Any
 
 import numpy as np
+
+from aligner.reductions import array_stats, sha1_of
 
 __all__ = [
     "Framework", "ParamKind", "GradStatus", "FrozenBy", "FindingType", "Severity",
@@ -144,8 +145,14 @@ class TensorStats:
         if a.dtype.kind not in "fiub":
             raise TypeError(f"TensorStats needs a numeric array, got {a.dtype}")
         c = np.ascontiguousarray(a)
-        # hash the buffer in place (tobytes() copied every tensor once more)
-        sha1 = hashlib.sha1(memoryview(c).cast("B") if c.size else c.tobytes()).hexdigest()
+        if c.size:
+            # the common, all-finite case: one fused chunked pass, hashed on another core (aligner.reductions)
+            fast, sha1 = array_stats(c)
+            if fast is not None:
+                return cls(tuple(int(s) for s in a.shape), str(a.dtype), fast.min, fast.max, fast.mean, fast.std,
+                           fast.l2, 0, 0, fast.zeros / c.size, sha1)
+        else:
+            sha1 = sha1_of(c)
         x = a.astype(np.float64, copy=False).ravel()
         # all-finite is the common case: one isfinite pass instead of isnan + isinf + mask (-28% CPU for
         # the stats of a GOLD-YOLO-N 640 trace, same values; benchmarks/results/notes.md)

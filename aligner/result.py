@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 import math
 import os
 import tempfile
@@ -17,7 +18,7 @@ from aligner.findings import Finding
 from aligner.records import FindingType, Severity
 from aligner.summary import FindingCounts, verdict
 
-__all__ = ["RESULTS_SCHEMA", "RESULTS_FILE", "AlignmentResult", "to_jsonable", "write_results"]
+__all__ = ["RESULTS_SCHEMA", "RESULTS_FILE", "AlignmentResult", "to_jsonable", "write_results", "dumps_json"]
 
 RESULTS_SCHEMA = 1
 RESULTS_FILE = "results.json"
@@ -98,12 +99,29 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def dumps_json(data: Mapping[str, Any], *, allow_nan: bool = False, rows: str = "layers") -> str:
+    """JSON text with indent 1, except that each element of ``data[rows]`` takes one line.
+
+    ``json.dumps`` with an indent runs the pure-Python encoder; the thousands of layer rows are encoded
+    by the C encoder instead, one row per line (still diffable line by line). Key order is kept.
+    """
+    big = data.get(rows) if isinstance(data, Mapping) else None
+    if not isinstance(big, list) or not big:
+        return json.dumps(data, indent=1, ensure_ascii=False, allow_nan=allow_nan)
+    marker = f"\u0000{rows}-{uuid.uuid4().hex}\u0000"  # no user string can be this
+    head = json.dumps({k: (marker if k == rows else v) for k, v in data.items()}, indent=1, ensure_ascii=False,
+                      allow_nan=allow_nan)
+    enc = json.JSONEncoder(ensure_ascii=False, allow_nan=allow_nan, separators=(", ", ": "))
+    body = "[\n  " + ",\n  ".join(enc.encode(r) for r in big) + "\n ]"
+    return head.replace(json.dumps(marker), body, 1)
+
+
 def write_results(result: AlignmentResult | Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write ``out_dir/results.json`` atomically (temp file in the same folder, then rename)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_dict() if isinstance(result, AlignmentResult) else to_jsonable(dict(result))
-    text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False)
+    text = dumps_json(data, allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=out)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -33,7 +33,10 @@ __all__ = ["TRACE_FORMAT", "MANIFEST", "ARRAYS", "INDEX", "write_trace", "read_t
 #      Compatible additions (older traces still read, the new parts are simply absent there):
 #      ``buf/<buffer>`` arrays (buffers after the forward), ``meta["init"]`` (fresh-model summaries for
 #      the init check) and ``calls[].requires_grad`` (CallRecord default None).
-TRACE_FORMAT = 1
+#   2  an array stored under several keys (an alias record shares its target's array) is written once:
+#      the other keys' index entries say ``"same_as": <key written>``. Format 1 traces are still read.
+TRACE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 INDEX = "index.json"
@@ -90,6 +93,12 @@ def _write_into(trace: Trace, d: Path) -> None:
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"trace array {k!r} has dtype object; only numeric arrays are stored")
+    first: dict[int, str] = {}
+    same_as = {}
+    for k, v in trace.arrays.items():  # one object under several keys (aliases): stored once
+        same_as[k] = first.setdefault(id(v), k)
+    index = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
+                 **({"same_as": same_as[k]} if same_as[k] != k else {})} for k, v in arrays.items()}
     manifest = {
         "trace_format": TRACE_FORMAT,
         "meta": trace.meta,
@@ -98,11 +107,11 @@ def _write_into(trace: Trace, d: Path) -> None:
         "modules": [asdict(m) for m in trace.modules],
         "stats": {k: asdict(s) for k, s in trace.stats.items()},
         "stages": trace.stages,
-        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+        "arrays": index,
     }
     _dump(manifest, d / MANIFEST)
     with open(d / ARRAYS, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **{k: v for k, v in arrays.items() if same_as[k] == k})
 
 
 def write_trace(trace: Trace, path: str | os.PathLike[str]) -> Path:
@@ -118,8 +127,9 @@ def is_trace_dir(path: str | os.PathLike[str]) -> bool:
 
 def _check_format(doc: dict[str, Any], where: Path, key: str = "trace_format") -> None:
     found = doc.get(key)
-    if found != TRACE_FORMAT:
-        raise TraceFormatError(f"{where}: trace format {found!r}, this aligner reads only {TRACE_FORMAT} "
+    if type(found) is not int or found not in READABLE_FORMATS:
+        raise TraceFormatError(f"{where}: trace format {found!r}, this aligner reads only "
+                               f"{', '.join(map(str, READABLE_FORMATS))} "
                                "(re-capture with this version)")
 
 
@@ -158,9 +168,18 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as exc:
             raise TraceFormatError(f"{d / ARRAYS}: unreadable ({exc})") from exc
-    if set(arrays) != set(index):
+    try:
+        shared = {k: spec["same_as"] for k, spec in index.items() if "same_as" in spec}
+    except TypeError as exc:
+        raise TraceFormatError(f"{d / MANIFEST}: malformed array index ({exc!r})") from exc
+    stored = set(index) - set(shared)
+    if set(arrays) != stored:
         raise TraceFormatError(f"{d}: arrays.npz keys differ from the manifest "
-                               f"({len(set(index) ^ set(arrays))} keys differ)")
+                               f"({len(stored ^ set(arrays))} keys differ)")
+    for k, target in shared.items():
+        if target not in arrays:
+            raise TraceFormatError(f"{d / MANIFEST}: array {k!r} is the same as {target!r}, which is not stored")
+        arrays[k] = arrays[target]
     for k, spec in index.items():
         if list(arrays[k].shape) != spec["shape"] or str(arrays[k].dtype) != spec["dtype"]:
             raise TraceFormatError(f"{d}: array {k!r} is {arrays[k].dtype}{list(arrays[k].shape)}, "

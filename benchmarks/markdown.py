@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 # run.timings keys in display order; any other key the API adds is shown after these
-PARTS = ("transfer", "capture_torch", "build_jittor", "capture_jittor", "capture_torch64", "capture_torch32",
+PARTS = ("build_torch", "transfer", "capture_torch", "build_jittor", "capture_jittor", "capture_torch64", "capture_torch32",
          "compare", "report")
 GB = 1024.0
 

@@ -163,3 +163,31 @@ def test_tensor_stats_against_numpy():
     assert s.l2 == pytest.approx(np.sqrt((fin ** 2).sum()))
     assert s.sha1 != TensorStats.of(a.astype(np.float64)).sha1  # bytes differ with the dtype
     assert TensorStats.of(np.zeros(0)).zero_frac == 0.0
+
+
+def test_shared_array_written_once_and_read_back_under_every_key(tmp_path):
+    from dataclasses import replace
+    t = _trace()
+    a = t.arrays[act_key(0)]
+    t = replace(t, arrays={**t.arrays, act_key(1): a})  # the Sequential's output is its child's array
+    path = write_trace(t, tmp_path / "tr")
+    doc = json.loads((path / "manifest.json").read_text())
+    assert doc["arrays"][act_key(1)] == {"shape": [2, 4, 3, 3], "dtype": "float32", "same_as": act_key(0)}
+    with np.load(path / "arrays.npz") as npz:
+        assert act_key(1) not in npz.files and act_key(0) in npz.files
+    back = read_trace(path)
+    _same(t, back)
+    assert back.arrays[act_key(1)] is back.arrays[act_key(0)]
+    # a reference to a key that is not stored is a corrupt trace, not a silent gap
+    doc["arrays"][act_key(1)]["same_as"] = "act/99/"
+    (path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(TraceFormatError):
+        read_trace(path)
+
+
+def test_format_1_traces_still_read(tmp_path):
+    path = write_trace(_trace(), tmp_path / "tr")  # no shared arrays: the same files as format 1 wrote
+    doc = json.loads((path / "manifest.json").read_text())
+    doc["trace_format"] = 1
+    (path / "manifest.json").write_text(json.dumps(doc))
+    _same(_trace(), read_trace(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -160,22 +161,39 @@ class Adapter(ABC):
         arrays: dict[str, np.ndarray] = {}
         stats: dict[str, TensorStats] = {}
 
+        summarised: dict[int, tuple[np.ndarray, TensorStats]] = {}  # an alias's gradient is its target's array
+
         def sink(key: str, a: np.ndarray) -> None:
             if full:
                 arrays[key] = a
-            else:
-                stats[key] = TensorStats.of(a)
+                return
+            if id(a) not in summarised:
+                summarised[id(a)] = (a, TensorStats.of(a))  # the array is kept: its id stays unique
+            stats[key] = summarised[id(a)][1]
 
         values = {**rec.values, **{param_key(k): v for k, v in param_values.items()}}
         rec.values.clear()
         if full:  # one batched computation; stats-only fetches one value at a time to bound memory
             self._prefetch([v for v in values.values() if not isinstance(v, TensorStats)])
+        # a handle shared by several keys (aliases) is fetched once and its array stored under each key;
+        # the array is forgotten when its last key is done, so the handles are freed as before
+        left = Counter(id(v) for v in values.values())
+        fetched: dict[int, Any] = {}
         for key in list(values):
             v = values.pop(key)
             if isinstance(v, TensorStats):
                 stats[key] = v
+                continue
+            hid = id(v)
+            if hid not in fetched:
+                a = self._fetch([v])[0]
+                fetched[hid] = a if full else TensorStats.of(a)
+            left[hid] -= 1
+            out = fetched.pop(hid) if left[hid] == 0 else fetched[hid]
+            if full:
+                arrays[key] = out
             else:
-                sink(key, self._fetch([v])[0])
+                stats[key] = out
         skeys = list(rec.stage_values)
         for key, a in zip(skeys, self._fetch([rec.stage_values[k] for k in skeys])):
             arrays[key] = a  # stages are small and always kept
@@ -283,6 +301,10 @@ class Adapter(ABC):
 
     @abstractmethod
     def _fetch(self, handles: list[Any]) -> list[np.ndarray]: ...
+
+    def _view(self, t: Any) -> np.ndarray:
+        """``t``'s current value as numpy, read right away (eager frameworks may share memory: no copy)."""
+        return self._fetch([self._hold(t)])[0]
 
     def _prefetch(self, handles: list[Any]) -> None:
         """Compute every pending value in one go before they are fetched one by one (lazy frameworks)."""

@@ -66,10 +66,12 @@ class JittorAdapter(Adapter):
         return t.clone() if self._is_tensor(t) else np.asarray(t)
 
     def _fetch(self, handles: list[Any]) -> list[np.ndarray]:
+        # Var.numpy() returns a fresh array that owns its data (measured: two calls share no memory,
+        # writing to one leaves the Var unchanged), so no further copy is needed here or below
         vars_ = [h for h in handles if self._is_tensor(h)]
         if vars_:
             self.jt.sync(vars_)
-        return [h.numpy().copy() if self._is_tensor(h) else np.asarray(h) for h in handles]
+        return [h.numpy() if self._is_tensor(h) else np.asarray(h) for h in handles]
 
     def _prefetch(self, handles: list[Any]) -> None:
         vars_ = [h for h in handles if self._is_tensor(h)]
@@ -196,7 +198,7 @@ class JittorAdapter(Adapter):
                 if label.startswith("param:"):
                     params[vid] = (GradStatus.UNREACHABLE, None)
                 continue
-            a = g.numpy().copy()
+            a = g.numpy()
             if label.startswith("param:"):
                 params[vid] = (GradStatus.NONZERO if np.any(a != 0) else GradStatus.ZERO, a)
             elif label.startswith("input/"):
@@ -213,7 +215,7 @@ class JittorAdapter(Adapter):
             "hooks": [(m, {a: m.__dict__.get(a, _MISSING) for a in _HOOK_ATTRS}) for m in mods],
             "classes": [(c, {a: c.__dict__.get(a, _MISSING) for a in _CLASS_ATTRS}) for c in classes],
             "training": [(m, m.__dict__.get("is_train", _MISSING)) for m in mods],
-            "buffers": [(nt.tensor, nt.tensor.numpy().copy()) for nt in named if nt.kind == ParamKind.BUFFER],
+            "buffers": [(nt.tensor, nt.tensor.numpy()) for nt in named if nt.kind == ParamKind.BUFFER],
         }
 
     def _restore_state(self, model: Any, named: list[NamedTensor], saved: Any) -> None:
@@ -251,10 +253,10 @@ class JittorAdapter(Adapter):
         for _ in range(steps):
             loss = loss_of(model(*x))
             opt.backward(loss)
-            grads = {nt.name: nt.tensor.opt_grad(opt).numpy().copy() for nt in trainable}
+            grads = {nt.name: nt.tensor.opt_grad(opt).numpy() for nt in trainable}
             opt.step()
             jt.sync_all()
-            params = {nt.name: nt.tensor.numpy().copy() for nt in trainable}
+            params = {nt.name: nt.tensor.numpy() for nt in trainable}
             out.append((float(loss.item()), params, grads))
         with jt.no_grad():
             out.append((float(loss_of(model(*x)).item()), {}, {}))

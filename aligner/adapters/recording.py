@@ -136,7 +136,9 @@ class Recorder:
                 if wants:
                     self.watched.append((key, t))
                     ad._watch(key, t, self)
-            self.values[key] = self.keep_value(t)
+            # an alias has the identity, hence the value, of its earlier record: one handle serves both
+            # (no second copy to hold, fetch, hash or compare)
+            self.values[key] = self.values[alias] if alias in self.values else self.keep_value(t)
             self.pending.append(dict(order=order, module=name, module_type=type(module).__name__,
                                      call_index=call_index, sub=sub, shape=tuple(int(s) for s in t.shape),
                                      dtype=ad._dtype_name(t), training=training, input_keys=input_keys,
@@ -146,7 +148,7 @@ class Recorder:
         """A handle on ``t``'s value; in stats-only mode with an eager framework, its stats right away
         (so no activation copy is held)."""
         if not self.full and self.adapter.eager:
-            return TensorStats.of(self.adapter._fetch([self.adapter._hold(t)])[0])
+            return TensorStats.of(self.adapter._view(t))
         return self.adapter._hold(t)
 
     def on_stage(self, name: str, value: Any) -> None:

@@ -48,6 +48,10 @@ class TorchAdapter(Adapter):
     def _fetch(self, handles: list[Any]) -> list[np.ndarray]:
         return [h.cpu().numpy() if self._is_tensor(h) else np.asarray(h) for h in handles]
 
+    def _view(self, t: Any) -> np.ndarray:
+        # read before any later in-place op can run: no clone needed (stats-only summarises it at once)
+        return t.detach().cpu().numpy() if self._is_tensor(t) else np.asarray(t)
+
     def _dtype_name(self, t: Any) -> str:
         return str(t.dtype).replace("torch.", "")
 

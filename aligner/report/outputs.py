@@ -6,7 +6,6 @@ never leave a half-written report behind).
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from aligner.report.html import order_findings, render_html
+from aligner.result import dumps_json
 from aligner.report.i18n import localized, translator, type_name
 from aligner.report.results import check_results, fmt_num
 
@@ -35,8 +35,8 @@ class OutputPaths:
 
 
 def results_json(results: Mapping[str, Any]) -> str:
-    """results.json text: UTF-8, indent 1, key order kept (it matters, per the schema doc)."""
-    return json.dumps(results, ensure_ascii=False, indent=1, allow_nan=True) + "\n"
+    """results.json text: UTF-8, indent 1 (a layer row per line), key order kept (it matters, per the schema doc)."""
+    return dumps_json(results, allow_nan=True) + "\n"
 
 
 def layers_frame(results: Mapping[str, Any]) -> Any:
