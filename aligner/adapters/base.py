@@ -40,9 +40,10 @@ class NamedTensor:
 
 @dataclass(frozen=True)
 class GradResult:
-    """What a framework backward pass produced; arrays are numpy."""
-    acts: dict[str, np.ndarray]                 # act key -> grad (only reachable ones)
-    inputs: dict[int, np.ndarray]               # input index -> grad
+    """What a framework backward pass produced; arrays are numpy (stats-only: activation and input
+    gradients may be TensorStats already)."""
+    acts: dict[str, np.ndarray | TensorStats]   # act key -> grad (only reachable ones)
+    inputs: dict[int, np.ndarray | TensorStats]  # input index -> grad
     params: dict[int, tuple[GradStatus, np.ndarray | None]]  # id(tensor) -> status, grad
 
 
@@ -92,7 +93,7 @@ class Adapter(ABC):
             if loss_fn is not None:
                 loss = loss_fn(out, tgt, LossContext(self, rec, dtype))
                 rec.on_stage("loss", loss)
-            grads = self._backward(loss, rec.watched, x, named) if loss is not None else None
+            grads = self._backward(loss, rec.watched, x, named, full) if loss is not None else None
             return self._assemble(model, named, rec, grads, param_values, full, dtype, meta or {},
                                   [np.asarray(a) for a in inputs], t0)
         finally:
@@ -163,7 +164,10 @@ class Adapter(ABC):
 
         summarised: dict[int, tuple[np.ndarray, TensorStats]] = {}  # an alias's gradient is its target's array
 
-        def sink(key: str, a: np.ndarray) -> None:
+        def sink(key: str, a: np.ndarray | TensorStats) -> None:
+            if isinstance(a, TensorStats):  # summarised as it arrived (stats-only)
+                stats[key] = a
+                return
             if full:
                 arrays[key] = a
                 return
@@ -340,7 +344,9 @@ class Adapter(ABC):
 
     @abstractmethod
     def _backward(self, loss: Any, watched: list[tuple[str, Any]], inputs: list[Any],
-                  named: list[NamedTensor]) -> GradResult: ...
+                  named: list[NamedTensor], full: bool = True) -> GradResult:
+        """Gradients of ``loss``; with ``full`` False, activation and input gradients may come back as
+        TensorStats (summarised as they are read, so they are never all held as arrays)."""
 
     @abstractmethod
     def _save_state(self, model: Any, named: list[NamedTensor]) -> Any: ...

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..records import Framework, FrozenBy, GradStatus, ParamKind
+from ..records import Framework, FrozenBy, GradStatus, ParamKind, TensorStats
 from .base import Adapter, GradResult, NamedTensor
 from .recording import Recorder
 
@@ -151,7 +151,7 @@ class JittorAdapter(Adapter):
         yield
 
     def _backward(self, loss: Any, watched: list[tuple[str, Any]], inputs: list[Any],
-                  named: list[NamedTensor]) -> GradResult:
+                  named: list[NamedTensor], full: bool = True) -> GradResult:
         jt = self.jt
         if not self._is_tensor(loss) or int(np.prod(loss.shape)) != 1:
             raise TypeError("the loss must be a scalar jittor Var")
@@ -190,21 +190,24 @@ class JittorAdapter(Adapter):
                 v.name(n)
         unreachable = {m["msg"].split("'")[1][: -len(tag)] for m in logs
                        if "doesn't have gradient" in m["msg"] and tag in m["msg"]}
-        acts: dict[str, np.ndarray] = {}
-        ins: dict[int, np.ndarray] = {}
+        acts: dict[str, np.ndarray | TensorStats] = {}
+        ins: dict[int, np.ndarray | TensorStats] = {}
         params: dict[int, tuple[GradStatus, np.ndarray | None]] = {}
-        for (vid, (label, _)), g in zip(items, grads):
+        grads = list(grads)
+        for i, ((vid, (label, _)), g) in enumerate(zip(items, grads)):
+            grads[i] = None  # type: ignore[index] - each gradient's memory goes as soon as it is read
             if label in unreachable:
                 if label.startswith("param:"):
                     params[vid] = (GradStatus.UNREACHABLE, None)
                 continue
             a = g.numpy()
+            del g
             if label.startswith("param:"):
                 params[vid] = (GradStatus.NONZERO if np.any(a != 0) else GradStatus.ZERO, a)
             elif label.startswith("input/"):
-                ins[int(label.split("/")[1])] = a
+                ins[int(label.split("/")[1])] = a if full else TensorStats.of(a)
             else:
-                acts[label] = a
+                acts[label] = a if full else TensorStats.of(a)
         return GradResult(acts=acts, inputs=ins, params=params)
 
     # ----- state ------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class Recorder:
         self.counts: Counter[str] = Counter()
         self.pending_inputs: dict[int, list[tuple[str, ...]]] = {}  # id(module) -> stack (recursion-safe)
         self.order = 0
-        self.grads: dict[str, np.ndarray] = {}  # act key -> grad delivered by tensor hooks (torch)
+        self.grads: dict[str, np.ndarray | TensorStats] = {}  # act key -> grad delivered by tensor hooks (torch)
 
     def register_inputs(self, tensors: list[Any]) -> None:
         for i, t in enumerate(tensors):
@@ -159,5 +159,6 @@ class Recorder:
             self.stage_values[key] = self.adapter._hold(v) if self.adapter._is_tensor(v) else np.asarray(v)
 
     def on_grad(self, key: str, grad: np.ndarray) -> None:
-        """Torch-style tensor hooks deliver activation grads here during backward."""
-        self.grads[key] = grad
+        """Torch-style tensor hooks deliver activation grads here during backward (``grad`` may be the
+        framework's own buffer: kept as a copy, or in stats-only mode summarised at once and not kept)."""
+        self.grads[key] = grad.copy() if self.full else TensorStats.of(grad)

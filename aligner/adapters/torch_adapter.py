@@ -70,7 +70,7 @@ class TorchAdapter(Adapter):
         def hook(g: Any, key: str = key) -> None:
             r = ref()
             if r is not None:
-                r.on_grad(key, g.detach().cpu().numpy().copy())
+                r.on_grad(key, g.detach().cpu().numpy())
         t.register_hook(hook)
 
     # ----- model walk -------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class TorchAdapter(Adapter):
                 h.remove()
 
     def _backward(self, loss: Any, watched: list[tuple[str, Any]], inputs: list[Any],
-                  named: list[NamedTensor]) -> GradResult:
+                  named: list[NamedTensor], full: bool = True) -> GradResult:
         torch = self.torch
         if not self._is_tensor(loss) or loss.numel() != 1:
             raise TypeError("the loss must be a scalar torch tensor")
