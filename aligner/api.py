@@ -87,7 +87,7 @@ def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[s
         first = s == st[0]  # the init check is state-independent: recorded with the first state only
         tt = _timed(timings, "capture_torch", lambda: capture_in_process(
             p, "torch", states=[s], full=full, model=tmodel, weights={s: weights[s]},
-            init=(tinit or False) if first else False, **extra)[s])
+            init=tinit if first else False, **extra)[s])
         say(f"[{s}] capturing jittor")
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
             p, "jittor", states=[s], full=full, weights={s: weights[s]}, model=jittor_model,

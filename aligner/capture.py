@@ -75,8 +75,8 @@ def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: 
 
     ``weights`` (state -> torch arrays) are what the Jittor side loads; by default they are produced
     here by building the torch model (so this process then imports torch too). The torch side uses
-    them too when given with ``model`` (the states of that very model, see :func:`reference_states`). ``model`` reuses an
-    already built model (e.g. a deliberately broken Jittor copy); ``jittor_options`` go to
+    them too when given with ``model`` (the states of that very model, see :func:`reference_states`).
+    ``model`` reuses an already built model (e.g. a deliberately broken Jittor copy); ``jittor_options`` go to
     ``pair.build_jittor``. ``steps`` > 0 also runs that many SGD steps (``optimizer`` overrides the
     hyper-parameters: lr 0.01, momentum 0.937, nesterov, weight_decay 5e-4) and stores
     ``step/<k>/...`` arrays and ``meta["steps"]``; the model is restored afterwards.
@@ -130,7 +130,8 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
     given = model is not None
     if model is None and fw == Framework.TORCH:
         model, built_init = reference_model(p, init is True)
-        init_meta = built_init if init is True else init_meta
+        if init is True:
+            init_meta = built_init
     elif model is None:
         model = p.build_for(str(fw), **(jittor_options or {}))
         if init is True:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import uuid
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

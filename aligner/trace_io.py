@@ -94,7 +94,7 @@ def _write_into(trace: Trace, d: Path) -> None:
         if v.dtype == object:
             raise TypeError(f"trace array {k!r} has dtype object; only numeric arrays are stored")
     first: dict[int, str] = {}
-    same_as = {}
+    same_as: dict[str, str] = {}
     for k, v in trace.arrays.items():  # one object under several keys (aliases): stored once
         same_as[k] = first.setdefault(id(v), k)
     index = {k: {"shape": list(v.shape), "dtype": str(v.dtype),

@@ -162,18 +162,13 @@ class Adapter(ABC):
         arrays: dict[str, np.ndarray] = {}
         stats: dict[str, TensorStats] = {}
 
-        summarised: dict[int, tuple[np.ndarray, TensorStats]] = {}  # an alias's gradient is its target's array
-
         def sink(key: str, a: np.ndarray | TensorStats) -> None:
-            if isinstance(a, TensorStats):  # summarised as it arrived (stats-only)
+            if isinstance(a, TensorStats):  # summarised as it arrived (stats-only gradients)
                 stats[key] = a
-                return
-            if full:
+            elif full:
                 arrays[key] = a
-                return
-            if id(a) not in summarised:
-                summarised[id(a)] = (a, TensorStats.of(a))  # the array is kept: its id stays unique
-            stats[key] = summarised[id(a)][1]
+            else:
+                stats[key] = TensorStats.of(a)
 
         values = {**rec.values, **{param_key(k): v for k, v in param_values.items()}}
         rec.values.clear()

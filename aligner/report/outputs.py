@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from aligner.report.html import order_findings, render_html
-from aligner.result import dumps_json
 from aligner.report.i18n import localized, translator, type_name
 from aligner.report.results import check_results, fmt_num
+from aligner.result import dumps_json
 
 __all__ = ["OutputPaths", "write_outputs", "render_summary", "layers_frame", "results_json"]
 
