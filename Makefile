@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 report: setup
-	$(PY) -m aligner run --model gold_yolo-n --num-classes 20 --img-size 500 --seed 0 --out $(REPORT_DIR)
+	$(PY) -m aligner run --model gold_yolo-n --num-classes 20 --img-size 500 --seed 0 --out $(REPORT_DIR) --fixlog reports/fixlog
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -1,28 +1,34 @@
 """Public entry points of the aligner core: capture (or load) traces, analyse, return the result.
 
-``run_pair`` (a registered pair), ``align`` (any two models) and ``diff`` (trace sets captured
+``run_pair`` (a registered pair, keyword options), ``run`` (the same with an explicit :class:`RunConfig`,
+torch :class:`Reference` and Jittor :class:`Port`), ``align`` (any two models) and ``diff`` (trace sets captured
 elsewhere) all end in :class:`aligner.analysis.Analysis`; framework imports happen lazily, inside the
 capture side. ``write_results`` writes results.json (schema 1) atomically.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aligner.analysis import Analysis, analyze
-from aligner.compare import StateTraces
+from aligner.capture import capture_in_process
+from aligner.analysis_records import StateTraces
+from aligner.comparability import check_traces
 from aligner.errors import NoMatchError
+from aligner.pairs import Pair, rules_for
 from aligner.records import Trace
 from aligner.result import RESULTS_SCHEMA, AlignmentResult, to_jsonable, write_results
+from aligner.reference import Reference
+from aligner.runconfig import Port, RunConfig
 from aligner.tolerances import Tolerances
 
-__all__ = ["RESULTS_SCHEMA", "AlignmentResult", "Analysis", "analyze", "align", "run_pair", "diff",
-           "write_results", "to_jsonable"]
+__all__ = ["RESULTS_SCHEMA", "AlignmentResult", "Analysis", "analyze", "align", "run_pair", "run", "diff",
+           "RunConfig", "Reference", "Port", "write_results", "to_jsonable"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,68 +43,68 @@ def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
         timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - t0, 4)
 
 
-def run_pair(pair: Any, *, out_dir: str | Path | None = None, states: Sequence[str] | None = None,
-             noise_floor: bool = True, stats_only: bool = False, steps: int = 0,
-             progress: Callable[[str], None] | None = None, seed: int = 0, dtype: str = "float32",
-             tolerances: Tolerances | Mapping[str, Any] | None = None,
-             mapping: Mapping[str, str] | str | Path | None = None,
-             jittor_options: Mapping[str, Any] | None = None, jittor_model: Any = None,
-             **pair_options: Any) -> AlignmentResult:
+def run_pair(pair: str | Pair, config: RunConfig | None = None, *, out_dir: str | Path | None = None,
+             progress: Callable[[str], None] | None = None, **options: Any) -> AlignmentResult:
     """Capture a registered pair (name or Pair object) in both frameworks, diff, return the result.
 
-    With ``noise_floor`` (and dtype float32) the torch reference is captured in float64 as well and
-    every tensor is judged against the reference's own float32 error. ``steps > 0`` also runs that
-    many optimizer steps on both sides (when the pair supports it) and records the drift.
-    ``jittor_options`` go to the pair's Jittor builder (e.g. a planted fault); ``jittor_model``
-    replaces the Jittor model outright (a deliberately broken copy). ``out_dir`` writes results.json.
+    Keyword options are fields of :class:`RunConfig` (states, noise_floor, stats_only, steps,
+    tolerances, mapping; they override ``config``) or options of the pair (seed, dtype, num_classes,
+    img_size, batch, ...). ``out_dir`` writes results.json. See :func:`run` for the explicit form.
     """
-    from aligner.capture import capture_in_process, reference_model, reference_states  # noqa: PLC0415 - lazy
-    from aligner.pairs import get_pair  # noqa: PLC0415
+    from aligner.pairs import get_pair  # noqa: PLC0415 - lazy
 
+    cfg, pair_options = RunConfig.split(config, options)
+    if isinstance(pair, str):
+        p = get_pair(pair, **pair_options)
+    else:
+        p = replace(pair, **{k: v for k, v in pair_options.items() if v is not None}) if pair_options else pair
+    return run(p, cfg, out_dir=out_dir, progress=progress)
+
+
+def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | None = None,
+        port: Port | None = None, out_dir: str | Path | None = None,
+        progress: Callable[[str], None] | None = None) -> AlignmentResult:
+    """Run ``pair`` under ``config``: the torch ``reference`` (by default captured here; pass one to reuse
+    its captures across runs of the same configuration) against the Jittor ``port`` (by default the
+    pair's own build).
+
+    With ``config.noise_floor`` the torch reference is also captured at the other precision and every
+    tensor is judged against the reference's own rounding error; ``config.steps > 0`` also runs that
+    many optimizer steps on both sides and records the drift.
+    """
     say = progress or (lambda _msg: None)
-    opts = {"seed": seed, "dtype": dtype, **pair_options}
-    p = get_pair(pair, **opts) if isinstance(pair, str) else pair
-    st = list(states or p.states)
-    full = not stats_only
+    ref = reference if reference is not None else Reference(pair, config)
+    ref.check(pair, config)
+    port = port or Port()
     timings: dict[str, float] = {}
-    extra = {"steps": steps} if steps else {}
-    po = None
-    if noise_floor:
-        # float32 runs: the float64 reference is the oracle. float64 runs: the float32 reference
-        # measures how strongly each tensor amplifies float32-level perturbations.
-        odt = "float64" if p.dtype == "float32" else "float32"
-        po = get_pair(p.label, **{**opts, "dtype": odt}) if isinstance(pair, str) else _with_dtype(p, odt)
     # the torch model is built once: its states are what both sides load, its init summary is recorded
-    tmodel, tinit = _timed(timings, "build_torch", lambda: reference_model(p))
-    weights = _timed(timings, "transfer", lambda: reference_states(p, tmodel, st))
-    # the port's own initialisation, summarised before the first transfer overwrites it (aligner.initcheck);
-    # a model handed in may already hold trained or loaded weights: not checked
+    _timed(timings, "build_torch", ref.model)
+    weights = _timed(timings, "transfer", ref.weights)
+    # the port's own initialisation, summarised before the first transfer overwrites it (aligner.initcheck)
     jinit: dict[str, Any] | bool = False
+    jittor_model = port.model
     if jittor_model is None:
         say("building the jittor model (the first run compiles kernels)")
-        jittor_model = _timed(timings, "build_jittor", lambda: p.build_jittor(**dict(jittor_options or {})))
+        jittor_model = _timed(timings, "build_jittor", lambda: pair.build_jittor(**dict(port.options)))
         jinit = _timed(timings, "build_jittor", lambda: _init_summary(jittor_model))
+    extra = {"steps": config.steps} if config.steps else {}
     # One state at a time: its three traces are compared and their tensors freed before the next
     # state is captured (a GOLD-YOLO state at 640 holds several GB of activations).
-    acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress)
-    hi = p.dtype == "float32"
-    for s in st:
-        say(f"[{s}] capturing {p.label} in torch")
-        first = s == st[0]  # the init check is state-independent: recorded with the first state only
-        tt = _timed(timings, "capture_torch", lambda: capture_in_process(
-            p, "torch", states=[s], full=full, model=tmodel, weights={s: weights[s]},
-            init=tinit if first else False, **extra)[s])
+    acc = Analysis(tolerances=config.tolerances, mapping=config.mapping, progress=progress, rules=pair.rules())
+    hi = pair.dtype == "float32"
+    for s in ref.states:
+        say(f"[{s}] capturing {pair.label} in torch")
+        tt = _timed(timings, "capture_torch", lambda: ref.trace(s))
         say(f"[{s}] capturing jittor")
+        first = s == ref.states[0]  # the init check is state-independent: recorded with the first state only
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
-            p, "jittor", states=[s], full=full, weights={s: weights[s]}, model=jittor_model,
+            pair, "jittor", states=[s], full=not config.stats_only, weights={s: weights[s]}, model=jittor_model,
             init=jinit if first else False, **extra)[s])
         other = None
-        if po is not None:
-            say(f"[{s}] capturing the {po.dtype} reference (noise floor)")
-            other = _timed(timings, f"capture_torch{po.dtype[-2:]}", lambda: capture_in_process(
-                po, "torch", states=[s], full=full, init=False, **extra)[s])
-            if hi:
-                other = _compact(other)
+        if config.noise_floor:
+            odt = "float64" if hi else "float32"
+            say(f"[{s}] capturing the {odt} reference (noise floor)")
+            other = _timed(timings, f"capture_torch{odt[-2:]}", lambda: ref.other_trace(s))
         _timed(timings, "compare", lambda: acc.add(StateTraces(s, tt, jt_, other if hi else None,
                                                                None if hi else other)))
         del tt, jt_, other
@@ -113,26 +119,6 @@ def _init_summary(model: Any) -> dict[str, Any]:
     from aligner.adapters import get_adapter  # noqa: PLC0415 - lazy: imports jittor
     from aligner.initcheck import init_summary  # noqa: PLC0415
     return init_summary(get_adapter("jittor").state_arrays(model))
-
-
-def _compact(trace: Trace) -> Trace:
-    """The float64 reference with its tensors rounded to float32 (half the memory). It only measures
-    errors of float32 runs, whose bounds are >= 1e-5 relative, far above float32 rounding (6e-8)."""
-    from dataclasses import replace  # noqa: PLC0415
-    arrays = {k: (v.astype(np.float32) if v.dtype == np.float64 and not k.startswith("stage/") else v)
-              for k, v in trace.arrays.items()}
-    return replace(trace, arrays=arrays)
-
-
-def _with_dtype(p: Any, dtype: str) -> Any:
-    """A copy of a Pair object in another dtype (same options), or None when it cannot be made."""
-    import copy  # noqa: PLC0415
-    try:
-        q = copy.copy(p)
-        q.dtype = dtype
-        return q
-    except Exception:  # noqa: BLE001 - no noise floor then, never a crash
-        return None
 
 
 def align(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray] | np.ndarray,
@@ -197,20 +183,7 @@ def _trace_states(root: str | Path) -> tuple[str, dict[str, Callable[[], Trace]]
     """(framework, state -> loader of that state's trace) for a trace set or a single trace dir."""
     from aligner import trace_io  # noqa: PLC0415 - numpy only
 
-    r = Path(root)
-    if trace_io.is_trace_dir(r):
-        t = trace_io.read_trace(r)
-        return str(t.meta.get("framework")), {t.state or "default": lambda: t}
-    index = r / trace_io.INDEX
-    try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        traces = trace_io.read_trace_set(r)  # raises the proper TraceFormatError
-        fw = str(next(iter(traces.values())).meta.get("framework")) if traces else ""
-        return fw, {s: (lambda t=t: t) for s, t in traces.items()}
-    trace_io._check_format(doc, r)  # noqa: SLF001 - the same version check read_trace_set does
-    fws = doc.get("framework") or [""]
-    return str(fws[0]), {s: (lambda s=s: trace_io.read_trace(r / s)) for s in doc.get("states", [])}
+    return trace_io.open_trace_set(root)  # the index is checked here, each state when loaded
 
 
 def diff(trace_dir_a: str | Path, trace_dir_b: str | Path, *, reference64: str | Path | None = None,
@@ -229,11 +202,15 @@ def diff(trace_dir_a: str | Path, trace_dir_b: str | Path, *, reference64: str |
     states = [s for s in a_states if s in b_states]
     if not states:
         raise NoMatchError(f"the trace sets share no model state ({list(a_states)} vs {list(b_states)})")
-    acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress)
+    acc: Analysis | None = None
     for s in states:  # one state in memory at a time
         a = _timed(timings, "load", lambda: a_states[s]())
+        if acc is None:  # the pair's own rules, by the name the capture recorded
+            acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress,
+                           rules=rules_for(a.meta.get("pair")))
         b = _timed(timings, "load", lambda: b_states[s]())
         c = _timed(timings, "load", lambda: c_states[s]()) if s in c_states else None
+        check_traces(a, b, c)  # one line naming what differs, before anything is compared
         hi = str(a.meta.get("dtype", "float32")) == "float32"
         _timed(timings, "compare", lambda: acc.add(StateTraces(s, a, b, c if hi else None, None if hi else c)))
         del a, b, c

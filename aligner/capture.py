@@ -2,18 +2,13 @@
 
 Weights always flow torch -> Jittor: the torch model is built and seeded, put into each state, and
 its parameters + buffers are loaded into the Jittor model and verified (problems land in the Jittor
-trace's ``meta["weight_transfer"]``). Captures run in this process, or one subprocess per framework
-(``python -m aligner.capture``), which writes a trace set the other side can diff anywhere.
+trace's ``meta["weight_transfer"]``). Captures run in this process; :func:`capture_pair` (``aligner
+capture``) writes one framework's trace set, which the other side can diff anywhere.
 """
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,14 +17,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from .adapters import Adapter, LossFn, get_adapter, probe_loss
-from .errors import EnvironmentError, UsageError
+from .comparability import array_digest
+from .errors import UsageError
 from .initcheck import init_summary
 from .pairs import Pair, get_pair
 from .records import Framework, ParamKind, Trace
 from .trace_io import read_weights, write_trace_set
 from .weights import transfer_arrays
 
-__all__ = ["capture_in_process", "capture_pair", "capture_subprocess", "capture_models", "torch_weights",
+__all__ = ["capture_in_process", "capture_pair", "capture_models", "torch_weights",
            "reference_model", "reference_states", "environment"]
 
 
@@ -106,9 +102,7 @@ def reference_states(pair: Pair, model: Any, states: Sequence[str]) -> dict[str,
 def _twin_arrays(pair: Pair, adapter: Adapter) -> dict[str, np.ndarray] | None:
     """The torch model's tensors when built under another seed (None when the pair cannot be copied)."""
     try:
-        twin = copy.copy(pair)
-        twin.seed = pair.seed + 1
-        return adapter.state_arrays(twin.build_torch())
+        return adapter.state_arrays(replace(pair, seed=pair.seed + 1).build_torch())
     except Exception:  # noqa: BLE001 - no determinism information then, only the all-equal rule
         return None
 
@@ -153,7 +147,8 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
         meta = {**env, "pair": p.label, "config": p.config(), "seed": p.seed, "state": state,
                 "states": states, "inputs_recipe": data.meta,
                 "weight_transfer": [asdict(w) for w in problems] if fw == Framework.JITTOR else [],
-                "weight_transfer_checked": len(weights[state])}
+                "weight_transfer_checked": len(weights[state]),
+                "inputs_sha256": array_digest(data.inputs), "weights_sha256": array_digest(weights[state])}
         if init_meta is not None:
             meta["init"] = init_meta
         trace = adapter.capture(model, data.inputs, loss, data.targets, full=full, dtype=p.dtype, meta=meta)
@@ -172,26 +167,18 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
     return out, weights
 
 
-def capture_pair(pair_name: str | None = None, framework: Framework | str | None = None,
-                 out_dir: str | os.PathLike[str] | None = None, *, states: Sequence[str] | None = None,
-                 full: bool = True, stats_only: bool | None = None,
+def capture_pair(pair_name: str, framework: Framework | str, out_dir: str | os.PathLike[str], *,
+                 states: Sequence[str] | None = None, full: bool = True,
                  weights_from: str | os.PathLike[str] | None = None,
                  jittor_options: dict[str, Any] | None = None, steps: int = 0,
-                 optimizer: dict[str, Any] | None = None, pair: str | None = None,
-                 out: str | os.PathLike[str] | None = None, **pair_options: Any) -> Path:
+                 optimizer: dict[str, Any] | None = None, **pair_options: Any) -> Path:
     """Capture one framework's side of a registered pair and write the trace set to ``out_dir``.
 
     The torch side also stores each state's weights in the set; the Jittor side loads them from
     ``weights_from`` (a torch trace set) when given, else rebuilds the torch model in-process.
-    ``pair=`` / ``out=`` / ``stats_only=`` are accepted as spellings of ``pair_name`` / ``out_dir`` /
-    ``not full``. Other keywords are pair options (num_classes, img_size, seed, dtype, batch, ...).
+    ``full=False`` keeps statistics only. Other keywords are pair options (num_classes, img_size, seed,
+    dtype, batch, ...).
     """
-    pair_name = pair_name or pair
-    out_dir = out_dir if out_dir is not None else out
-    if pair_name is None or framework is None or out_dir is None:
-        raise UsageError("capture_pair needs a pair name, a framework and an output directory", slug="usage")
-    if stats_only is not None:
-        full = not stats_only
     pair = get_pair(pair_name, **pair_options)
     fw = Framework(framework)
     st = list(states or pair.states)
@@ -202,18 +189,6 @@ def capture_pair(pair_name: str | None = None, framework: Framework | str | None
                             steps=steps, optimizer=optimizer)
     stored = used if fw == Framework.TORCH else None
     return write_trace_set(traces, out_dir, extra={"pair": pair.label, "config": pair.config()}, weights=stored)
-
-
-def capture_subprocess(pair_name: str, framework: Framework | str, out_dir: str | os.PathLike[str], *,
-                       timeout: float | None = None, **options: Any) -> Path:
-    """Run :func:`capture_pair` in a fresh Python process (``python -m aligner.capture``)."""
-    cmd = [sys.executable, "-m", "aligner.capture", "--framework", str(Framework(framework)),
-           "--pair", pair_name, "--out", str(out_dir), "--options", json.dumps(options, default=str)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if res.returncode != 0:
-        raise EnvironmentError(f"capture subprocess ({framework}) failed with status {res.returncode}:\n"
-                               f"{res.stderr[-4000:]}", slug="capture-subprocess")
-    return Path(out_dir)
 
 
 def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray], *, targets: Any = None,
@@ -244,18 +219,3 @@ def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
                      meta={**meta, "weight_transfer": [asdict(w) for w in problems]})
     return tt, jt_
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m aligner.capture --framework F --pair P --out DIR [--options JSON]`` (subprocess entry)."""
-    ap = argparse.ArgumentParser(prog="python -m aligner.capture")
-    ap.add_argument("--framework", required=True, choices=[f.value for f in Framework])
-    ap.add_argument("--pair", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--options", default="{}", help="JSON object of capture_pair keyword options")
-    args = ap.parse_args(argv)
-    capture_pair(args.pair, args.framework, args.out, **json.loads(args.options))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

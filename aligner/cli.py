@@ -7,6 +7,7 @@ run, nothing compared).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -15,15 +16,23 @@ from typing import Any, Mapping, Sequence
 
 import click
 
-from aligner.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, AlignerError, UsageError
+from aligner.errors import EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, AlignerError, UsageError
+from aligner.progress import Progress, folded_output
 
 EXIT_HELP = """\b
 Exit codes:
   0  pass
   1  alignment failure (an error finding, or a gate regression)
-  2  usage or environment error"""
+  2  usage or environment error
+  130  interrupted (Ctrl-C)"""
 LANG = click.Choice(["en", "zh"])
 DTYPE = click.Choice(["float32", "float64"])
+# Input sizes: one stride-32 cell at least; 2048 px already needs tens of GB for a batch of GOLD-YOLO-L.
+MAX_IMG_SIZE = 2048
+IMG_SIZE = click.IntRange(32, MAX_IMG_SIZE)
+NUM_CLASSES = click.IntRange(1, 100_000)
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range
+_debug = False  # --debug: tracebacks for every error
 
 
 def _epilog(example: str) -> str:
@@ -47,15 +56,36 @@ class _Progress:
             click.echo(f"[{time.perf_counter() - self.t0:6.1f}s] {message}", err=True)
 
 
+def _report_error(exc: BaseException) -> int:
+    """One line on stderr (the traceback too with --debug); the exit code for ``exc``."""
+    if _debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, AlignerError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"aligner: error [{exc.slug}]: {first}", err=True)
+        return exc.exit_code
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    click.echo(f"aligner: error [internal]: {type(exc).__name__}{': ' + detail if detail else ''}"
+               + ("" if _debug else " (run with --debug for the traceback)"), err=True)
+    return EXIT_ERROR
+
+
 class _Group(click.Group):
-    """Maps the aligner's own errors to their exit codes with a one-line message, for every command."""
+    """Maps every error to its exit code with a one-line message, for every command."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AlignerError as exc:
-            click.echo(f"aligner: error [{exc.slug}]: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except OSError as exc:  # a file the user named: unreadable, unwritable, gone
+            click.echo(f"aligner: error [io]: {exc.strerror or exc}"
+                       + (f": {exc.filename}" if exc.filename else ""), err=True)
+            if _debug:
+                traceback.print_exception(exc)
+            ctx.exit(EXIT_ERROR)
+        except Exception as exc:  # noqa: BLE001 - the one error path: one line, exit 2 (1 means "not aligned")
+            ctx.exit(_report_error(exc))
 
 
 def _results_dict(obj: Any) -> dict[str, Any]:
@@ -73,13 +103,15 @@ def _finish_run(results: Mapping[str, Any], out: Path, lang: str, fixlog_path: s
     from aligner import fixlog
     from aligner.report import write_outputs
     from aligner.report.i18n import translator
-    from aligner.report.results import fmt_num
+    from aligner.results_io import fmt_num
 
     t = translator(lang)
     entries: Sequence[Any] = ()
     if fixlog_path:
         rep = fixlog.sync_with_results(results, fixlog_path)
-        entries = rep.touched
+        pair = (results.get("run") or {}).get("pair")
+        # the report shows the pair's whole log (the project's manual entries too), not only this run's changes
+        entries = [e for e in fixlog.load(fixlog_path) if e.pair in (None, pair)]
         click.echo(f"fixlog: {len(rep.opened)} opened, {len(rep.closed)} closed, {len(rep.partial)} partial, "
                    f"{len(rep.still_open)} still open ({fixlog.entries_path(fixlog_path)})")
     progress("writing report")
@@ -101,20 +133,57 @@ def _finish_run(results: Mapping[str, Any], out: Path, lang: str, fixlog_path: s
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=_epilog("aligner run --model gold_yolo-n --num-classes 20 --img-size 500 --out reports/run1"))
 @click.version_option(package_name="aligner", prog_name="aligner")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(debug: bool) -> None:
     """Layer-by-layer PyTorch <-> Jittor alignment debugger (GOLD-YOLO and any model pair)."""
+    global _debug  # noqa: PLW0603 - read by main(), which runs outside the click context
+    _debug = debug or bool(os.environ.get("ALIGNER_DEBUG"))
+
+
+def _python_sigint() -> None:
+    """Import Jittor now, keeping Ctrl-C with Python.
+
+    Jittor's core library installs a SIGINT handler that exits at once with status 1 (the "not aligned"
+    code), skipping every cleanup. With Python's handler, Ctrl-C raises KeyboardInterrupt: staging
+    folders are removed on the way out and the command exits 130.
+    """
+    import aligner.env  # noqa: F401 - Jittor settings before the import
+
+    if "jittor" not in sys.modules:
+        # Jittor leaves SIGINT alone under Jupyter (log.cc reads JPY_PARENT_PID at load): the whole import,
+        # first kernel compiles included, then keeps Python's handler. The variable is removed afterwards.
+        added = "JPY_PARENT_PID" not in os.environ
+        os.environ.setdefault("JPY_PARENT_PID", str(os.getppid()))
+        try:
+            import jittor  # noqa: F401
+        finally:
+            if added:
+                os.environ.pop("JPY_PARENT_PID", None)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
+    """Unknown --state names are a usage error before anything is built."""
+    from aligner.pairs import get_pair
+
+    known = get_pair(pair, **options).states
+    unknown = [s for s in states if s not in known]
+    if unknown:
+        raise UsageError(f"{pair}: unknown state(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
 
 
 @cli.command(short_help="Capture both, compare, write the report.",
              epilog=_epilog("aligner run --model gold_yolo-n --num-classes 20 --img-size 500 --seed 0 "
                             "--out reports/n500 --lang zh --fixlog reports/fixlog"))
 @click.option("--model", "model", required=True, help="Registered pair: gold_yolo-n|s|m|l, or small.")
-@click.option("--num-classes", type=int, default=None, help="Number of classes (default: the pair's).")
-@click.option("--img-size", type=int, default=None, help="Square input size in pixels (default: the pair's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-classes", type=NUM_CLASSES, default=None, help="Number of classes (default: the pair's).")
+@click.option("--img-size", type=IMG_SIZE, default=None,
+              help=f"Square input size in pixels, 32 to {MAX_IMG_SIZE} (default: the pair's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--dtype", type=DTYPE, default="float32", show_default=True)
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run directory: index.html, results.json, layers.csv, summary.md.")
+              help="Run directory (new, or written by the aligner before): index.html, results.json, layers.csv, "
+                   "summary.md.")
 @click.option("--lang", type=LANG, default="en", show_default=True, help="Language of the report and summary.")
 @click.option("--fixlog", "fixlog_path", type=click.Path(path_type=str), default=None,
               help="Fix-log directory to open/verify entries in (e.g. reports/fixlog).")
@@ -123,17 +192,24 @@ def cli() -> None:
               help="Also run N optimizer steps and record the drift.")
 @click.option("--state", "states", multiple=True, help="Model state(s) to check (default: all of the pair's).")
 @click.option("--no-noise-floor", is_flag=True, help="Skip the float64 reference run (faster, cruder tolerances).")
+@click.option("--verbose", is_flag=True, help="Show the frameworks' own output (kernel compiles, warnings).")
 def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str, out: Path, lang: str,
-        fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool) -> None:
+        fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool,
+        verbose: bool) -> None:
     """Capture both frameworks, compare them, and write the report."""
     from aligner import api
+    from aligner.fsio import check_output_dir
+    from aligner.report.outputs import OUTPUT_FILES
 
-    progress = _Progress(interactive())
+    check_output_dir(out, OUTPUT_FILES)  # before minutes of capture, not after
+    _check_states(model, states, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype)
+    _python_sigint()
+    progress = Progress()  # one line per stage, on a terminal or in a CI log
     progress(f"aligning {model} ({dtype}); the first Jittor run compiles kernels and can take minutes")
-    results = _results_dict(api.run_pair(
-        model, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype, stats_only=stats_only,
-        steps=steps, states=list(states) or None, noise_floor=not no_noise_floor,
-        progress=progress if progress.enabled else None))
+    with folded_output(progress, verbose=verbose):
+        results = _results_dict(api.run_pair(
+            model, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype, stats_only=stats_only,
+            steps=steps, states=list(states) or None, noise_floor=not no_noise_floor, progress=progress))
     click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
 
 
@@ -157,6 +233,11 @@ def capture(framework: str, pair: str, num_classes: int | None, img_size: int | 
     """Capture one framework's trace set in this process (diff two of them with `aligner diff`)."""
     from aligner.capture import capture_pair
 
+    from aligner.fsio import check_writable
+
+    check_writable(out)  # a user's folder or an unwritable place is refused before the capture, not after
+    if framework == "jittor":
+        _python_sigint()
     progress = _Progress(interactive())
     progress(f"capturing {pair} in {framework}")
     written = capture_pair(pair, framework, out, states=list(states) or None, full=not stats_only,
@@ -174,15 +255,19 @@ def capture(framework: str, pair: str, num_classes: int | None, img_size: int | 
               help="A float64 torch trace set: judge each tensor against the reference's own float32 error.")
 @click.option("--lang", type=LANG, default="en", show_default=True)
 @click.option("--fixlog", "fixlog_path", type=click.Path(path_type=str), default=None)
+@click.option("--verbose", is_flag=True, help="Show the frameworks' own output.")
 def diff(trace_a: Path, trace_b: Path, out: Path, reference64: Path | None, lang: str,
-         fixlog_path: str | None) -> None:
+         fixlog_path: str | None, verbose: bool) -> None:
     """Compare two captured trace sets (the torch one is the reference) and write the report."""
     from aligner import api
+    from aligner.fsio import check_output_dir
+    from aligner.report.outputs import OUTPUT_FILES
 
-    progress = _Progress(interactive())
+    check_output_dir(out, OUTPUT_FILES)
+    progress = Progress()
     progress(f"comparing {trace_a} with {trace_b}")
-    results = _results_dict(api.diff(trace_a, trace_b, reference64=reference64,
-                                     progress=progress if progress.enabled else None))
+    with folded_output(progress, verbose=verbose):
+        results = _results_dict(api.diff(trace_a, trace_b, reference64=reference64, progress=progress))
     click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
 
 
@@ -200,13 +285,18 @@ def report(results_path: Path, out: Path | None, lang: str, fixlog_path: str | N
     Exits 0 when the report was written, whatever the verdict (2 on unreadable input).
     """
     from aligner import fixlog
-    from aligner.report import load_results, write_outputs
+    from aligner.report import write_outputs
+    from aligner.results_io import RESULTS_FILE, load_results
 
     results = load_results(results_path)
-    target = out or (results_path if results_path.is_dir() else results_path.parent)
+    source = results_path / RESULTS_FILE if results_path.is_dir() else results_path
+    target = out or source.parent
     pair = (results.get("run") or {}).get("pair")
-    entries = [e for e in fixlog.load(fixlog_path) if e.pair in (None, pair)] if fixlog_path else []
-    paths = write_outputs(results, target, lang=lang, fixlog_entries=entries)
+    entries = ([e for e in fixlog.load(fixlog_path, must_exist=True) if e.pair in (None, pair)]
+               if fixlog_path else [])
+    same = source.name == RESULTS_FILE and source.parent.resolve() == Path(target).resolve()
+    paths = write_outputs(results, target, lang=lang, fixlog_entries=entries,
+                          may_replace=(RESULTS_FILE,) if same else ())
     click.echo(f"written: {paths.index_html}")
 
 
@@ -243,7 +333,7 @@ def gate(results_path: Path, baseline_path: Path | None, junit_path: Path | None
          force: bool, growth_factor: float, budgets: Sequence[str], allow_param_change: bool, lang: str) -> None:
     """Fail on error findings and on regressions against a baseline; print what changed."""
     from aligner import gate as gate_mod
-    from aligner.report import load_results
+    from aligner.results_io import load_baseline, load_results
 
     ctx = click.get_current_context()
     results = load_results(results_path)
@@ -256,7 +346,7 @@ def gate(results_path: Path, baseline_path: Path | None, junit_path: Path | None
         gate_mod.write_baseline(results, baseline_path)
         click.echo(f"baseline updated: {baseline_path}")
         ctx.exit(EXIT_PASS)
-    baseline = load_results(baseline_path) if baseline_path else None
+    baseline = load_baseline(baseline_path) if baseline_path else None
     policy = gate_mod.GatePolicy(growth_factor=_parse_budgets(budgets, growth_factor),
                                  fail_on_param_change=not allow_param_change)
     result = gate_mod.evaluate(results, baseline, policy)
@@ -289,7 +379,7 @@ def fixlog() -> None:
 @click.option("--verification", default="", help="验证")
 @click.option("--status", type=_STATUS, default="open", show_default=True,
               help="状态: open ❌, partial ⚠️, done ✅")
-@click.option("--date", default=None, help="YYYY-MM-DD HH:MM (default: now).")
+@click.option("--date", default=None, help="YYYY-MM-DD HH:MM or YYYY-MM-DD (default: now).")
 def fixlog_add(store: str | None, problem: str, analysis: str, fix_text: str, verification: str, status: str,
                date: str | None) -> None:
     """Add a manual entry."""
@@ -329,7 +419,7 @@ def fixlog_list(store: str | None, status: str | None, lang: str) -> None:
     """One line per entry: id, date, status, problem."""
     from aligner import fixlog as fl
 
-    for e in fl.load(store):
+    for e in fl.load(store, must_exist=True):
         if status and e.status.value != status:
             continue
         fields = e.fields(lang)
@@ -359,13 +449,13 @@ def fixlog_show(store: str | None, entry_id: str, lang: str) -> None:
 def fixlog_render(store: str | None, out: Path | None, lang: str, title: str | None) -> None:
     """Render every entry to Markdown in the template."""
     from aligner import fixlog as fl
-    from aligner.report.results import atomic_write_text
+    from aligner.fsio import atomic_write
 
-    text = fl.render_markdown(fl.load(store), lang, title)
+    text = fl.render_markdown(fl.load(store, must_exist=True), lang, title)
     if out is None:
         click.echo(text, nl=False)
     else:
-        atomic_write_text(out, text)
+        atomic_write(out, text)
         click.echo(f"written: {out}")
 
 
@@ -374,33 +464,36 @@ def fixlog_render(store: str | None, out: Path | None, lang: str, title: str | N
 @cli.command(short_help='Parameter inventory table of a model.',
              epilog=_epilog("aligner params gold_yolo-n --num-classes 20 --depth 2"))
 @click.argument("model")
-@click.option("--num-classes", type=int, default=20, show_default=True)
+@click.option("--num-classes", type=NUM_CLASSES, default=None, help="Number of classes (default: the pair's).")
 @click.option("--use-dfl/--no-dfl", default=None, help="Override the config's DFL setting.")
-@click.option("--reg-max", type=int, default=None,
+@click.option("--reg-max", type=click.IntRange(0, 64), default=None,
               help="DFL bins (default 16 with --use-dfl, as the official trainer).")
 @click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown.")
 @click.option("--lang", type=LANG, default="en", show_default=True)
-def params(model: str, num_classes: int, use_dfl: bool | None, reg_max: int | None, depth: int, lang: str) -> None:
-    """Parameter inventory of the PyTorch reference model (trainable / frozen / buffers per module)."""
+def params(model: str, num_classes: int | None, use_dfl: bool | None, reg_max: int | None, depth: int,
+           lang: str) -> None:
+    """Parameter inventory of the PyTorch reference model (trainable / frozen / buffers per module), built
+    with the same defaults as `aligner run --model MODEL`."""
+    from aligner.pairs import get_pair
     from aligner.report.params_table import format_table, module_rows, totals
 
-    try:
-        import reference_torch
-        if use_dfl and reg_max is None:
-            reg_max = 16  # gold_yolo-n ships use_dfl=False, reg_max=0; DFL without bins is no DFL
-        net = reference_torch.build_model(model, num_classes=num_classes, use_dfl=use_dfl, reg_max=reg_max)
-    except (KeyError, ValueError) as exc:
-        raise UsageError(f"cannot build {model!r}: {exc}") from exc
+    if use_dfl is False and reg_max:
+        raise UsageError("--no-dfl takes no --reg-max (DFL bins exist only with DFL)")
+    options: dict[str, Any] = {"num_classes": num_classes, "use_dfl": use_dfl, "reg_max": reg_max}
+    if model == "small":
+        options = {"num_classes": num_classes}
+    net = get_pair(model, **options).build_torch()
     click.echo(format_table(module_rows(net, depth), totals(net), lang=lang))
 
 
 @cli.command(short_help='Anchor count per level for an input size.', epilog=_epilog("aligner anchors --img-size 500"))
-@click.option("--img-size", type=click.IntRange(min=1), required=True, help="Square input size S in pixels.")
+@click.option("--img-size", type=click.IntRange(1, MAX_IMG_SIZE), required=True,
+              help=f"Square input size S in pixels (at most {MAX_IMG_SIZE}).")
 @click.option("--strides", default="8,16,32", show_default=True, help="Comma-separated level strides.")
 @click.option("--lang", type=LANG, default="en", show_default=True)
 def anchors(img_size: int, strides: str, lang: str) -> None:
     """Per-level feature sizes and the anchor count a GOLD-YOLO head produces for an input size."""
-    from aligner.inventory import expected_anchors
+    from aligner.pairs.gold_yolo_rules import expected_anchors
     from aligner.report.i18n import translator
 
     t = translator(lang)
@@ -408,6 +501,8 @@ def anchors(img_size: int, strides: str, lang: str) -> None:
         stride_list = [int(s) for s in strides.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--strides expects integers like 8,16,32, got {strides!r}") from None
+    if not stride_list or any(s < 1 or s > MAX_IMG_SIZE for s in stride_list):
+        raise UsageError(f"--strides expects positive integers like 8,16,32, got {strides!r}")
     levels = expected_anchors(img_size, stride_list)
     click.echo(f"{t('anchors_img')} {img_size}")
     click.echo(f"{t('anchors_cli_level'):<6}{t('stride'):>8}{t('hxw'):>12}{t('count'):>10}")
@@ -429,8 +524,8 @@ def doctor() -> None:
 
 
 # ---- fault catalogue ------------------------------------------------------------------------------
-# Options, defaults and help texts mirror the argparse parser of aligner/faults/run.py (tests/test_cli.py
-# checks the defaults against its constants); the runner stays the single implementation.
+# The options are those of aligner.faults.run.run_faults (tests/test_cli.py checks the defaults against
+# its constants); `python -m aligner.faults.run` runs this command.
 
 @cli.command(short_help='Run the fault catalogue: detection and false alarms.',
              epilog=_epilog("aligner faults --subset fast --img-size 100 --out benchmarks/results"))
@@ -450,30 +545,19 @@ def faults(subset: str, only: Sequence[str], img_size: int, dtype: str, seed: in
            no_clean: bool, clean_sizes: str, no_cache: bool) -> None:
     """Plant each catalogued porting fault in the correct Jittor port, align GOLD-YOLO-N, and score
     detection and localisation; also count false alarms on the unmodified port. Writes faults.md and
-    faults.json (same as `python -m aligner.faults.run`; exit code is the runner's)."""
-    # the catalogue is plain data (numpy at most): names are checked before any framework loads
-    from aligner.faults.catalogue import FAST_SUBSET, catalogue
+    faults.json (same as `python -m aligner.faults.run`)."""
+    # the runner module imports no framework: names are checked before any framework loads
+    from aligner.faults import run as runner
 
     names = [n.strip() for item in only for n in item.split(",") if n.strip()]
-    known = [f.name for f in catalogue()]
-    unknown = [n for n in dict.fromkeys(names) if n not in known]
-    if unknown:
-        raise UsageError(f"unknown fault(s): {', '.join(unknown)}; valid names: {', '.join(known)} "
-                         f"(fast subset: {', '.join(FAST_SUBSET)})")
+    runner.select(subset, names)  # raises UsageError naming the valid faults
     try:
         sizes = [int(s) for s in clean_sizes.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--clean-sizes expects integers like 320,500,640, got {clean_sizes!r}") from None
-    # "--opt=value": a value starting with "-" (a negative seed, an odd folder name) stays a value
-    argv = [f"--subset={subset}", f"--img-size={img_size}", f"--dtype={dtype}", f"--seed={seed}",
-            f"--out={out}", f"--clean-sizes={','.join(map(str, sizes))}"]
-    if names:
-        argv += ["--only", *names]
-    argv += [flag for flag, on in (("--no-faults", no_faults), ("--no-clean", no_clean),
-                                   ("--no-cache", no_cache)) if on]
-    from aligner.faults import run as runner  # lazy: the frameworks load when the first run starts
-
-    click.get_current_context().exit(runner.main(argv))
+    runner.run_faults(subset=subset, only=names, img_size=img_size, dtype=dtype, seed=seed, out=out,
+                      faults=not no_faults, clean=not no_clean, clean_sizes=sizes, cache=not no_cache,
+                      progress=lambda m: click.echo(m))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -487,11 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.show()
         return EXIT_ERROR
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("aborted", err=True)
-        return EXIT_ERROR
-    except AlignerError as exc:
-        click.echo(f"aligner: error [{exc.slug}]: {exc}", err=True)
-        return exc.exit_code
-    except Exception:  # the tool broke: show where, exit 2 (not 1, which means "not aligned")
-        traceback.print_exc()
-        return EXIT_ERROR
+        # staging folders were removed on the way out (fsio.atomic_dir); earlier outputs are untouched
+        click.echo("aligner: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - errors outside a command (e.g. while parsing)
+        return _report_error(exc)

@@ -14,25 +14,28 @@ a detach at its output).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
-from aligner.compare import (ROUNDOFF, Comparison, Divergence, StateComparison, StateTraces, _rel, _Side)
-from aligner.findings import common_module
+from aligner.analysis_records import Comparison, Divergence, Kind, Localisation, StateComparison
+from aligner.compare import ROUNDOFF
 from aligner.match import Match, MatchResult
-from aligner.tolerances import Kind
+from aligner.metrics import relative
+from aligner.rules.common import common_module
+from aligner.sides import Side
 
 __all__ = ["locate", "first_divergence"]
 
 
-def locate(sc: StateComparison, st: StateTraces) -> StateComparison:
-    """Drop uncaptured gradient rows, add introduced ratios, find the first divergences (in place)."""
-    t, j = sc.sides if sc.sides is not None else (_Side(st.torch), _Side(st.jittor))
-    sc.sides = None  # it holds the whole traces, which the caller frees state by state
-    sc.rows, sc.uncaptured = _drop_uncaptured(sc.rows, sc.matches)
-    _add_introduced_ratios(sc.rows, sc.matches, t, j, str(st.torch.meta.get("dtype") or "float32"))
-    sc.forward = _forward_divergence(sc.state, sc.rows, sc.matches, t, j)
-    sc.backward = _backward_divergence(sc.state, sc.rows, sc.matches, t, j)
-    return sc
+def locate(state: str, rows: list[Comparison], matches: MatchResult, sides: tuple[Side, Side],
+           dtype: str) -> Localisation:
+    """Drop uncaptured gradient rows, add introduced ratios, find the first divergences of one state."""
+    t, j = sides
+    kept, uncaptured = _drop_uncaptured(rows, matches)
+    kept = _with_introduced_ratios(kept, matches, t, j, dtype)
+    return Localisation(rows=kept, uncaptured=uncaptured,
+                        forward=_forward_divergence(state, kept, matches, t, j),
+                        backward=_backward_divergence(state, kept, matches, t, j))
 
 
 def _drop_uncaptured(rows: list[Comparison], matches: MatchResult) -> tuple[list[Comparison], list[str]]:
@@ -69,7 +72,7 @@ def _drop_uncaptured(rows: list[Comparison], matches: MatchResult) -> tuple[list
     return [r for r in rows if not (r.kind == Kind.BACKWARD and r.order in gaps)], dropped
 
 
-def _consumers(matches: MatchResult, side: _Side, port: bool = False) -> dict[str, list[Match]]:
+def _consumers(matches: MatchResult, side: Side, port: bool = False) -> dict[str, list[Match]]:
     """Canonical act key of one side -> matches whose call on that side took it as an input."""
     out: dict[str, list[Match]] = {}
     for m in matches.matches:
@@ -79,8 +82,8 @@ def _consumers(matches: MatchResult, side: _Side, port: bool = False) -> dict[st
     return out
 
 
-def _add_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: _Side, j: _Side,
-                           dtype: str) -> None:
+def _with_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: Side, j: Side,
+                            dtype: str) -> list[Comparison]:
     floor = ROUNDOFF.get(dtype, ROUNDOFF["float32"])
     by_order = {m.torch.order: m for m in matches.matches}
     worst: dict[tuple[Kind, int], float] = {}
@@ -89,6 +92,7 @@ def _add_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: _Sid
             key = (r.kind, r.order)
             worst[key] = max(worst.get(key, 0.0), r.metrics.rel)
     consumers = _consumers(matches, t)
+    rows = list(rows)
     # an input of one call is the output of another: its error is that row's (same arrays, same metric)
     known = {(r.torch_key, r.jittor_key): r.metrics.rel for r in rows
              if r.kind == Kind.FORWARD and r.missing is None and r.torch_key and r.jittor_key}
@@ -105,7 +109,7 @@ def _add_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: _Sid
                         continue
                     ra, rb = t.input_(a), j.input_(b)
                     if ra is not None and rb is not None:
-                        errs.append(_rel(ra, rb))
+                        errs.append(relative(ra, rb))
                 denom = max(errs) if errs else None
         elif r.kind == Kind.BACKWARD and m is not None:
             keys = {t.canon.get(rec.key, rec.key) for rec in m.torch.outputs}
@@ -115,10 +119,11 @@ def _add_introduced_ratios(rows: list[Comparison], matches: MatchResult, t: _Sid
         if denom is not None and math.isfinite(r.metrics.rel):
             ratio = r.metrics.rel / max(denom, floor) if math.isfinite(denom) else 0.0
             rows[i] = replace(r, introduced_ratio=ratio)
+    return rows
 
 
-def _forward_divergence(state: str, rows: list[Comparison], matches: MatchResult, t: _Side,
-                        j: _Side) -> Divergence | None:
+def _forward_divergence(state: str, rows: list[Comparison], matches: MatchResult, t: Side,
+                        j: Side) -> Divergence | None:
     fails = sorted((r for r in rows if r.kind == Kind.FORWARD and not r.ok), key=lambda r: (r.order, r.sub))
     if not fails:
         return None
@@ -129,18 +134,20 @@ def _forward_divergence(state: str, rows: list[Comparison], matches: MatchResult
     for a, b in zip(m.torch.input_keys, m.jittor.input_keys):
         if a.startswith("input/"):
             ra, rb = t.input_(a), j.input_(b)
-            if ra is not None and rb is not None and _rel(ra, rb) > r.judgement.bound:
+            if ra is not None and rb is not None and relative(ra, rb) > r.judgement.bound:
                 location = "inputs"
     how = "introduced here" if (r.introduced_ratio is None or r.introduced_ratio > 10) else \
         "inherited from its inputs (error ratio ~1)"
     msg = (f"forward output of {r.torch_name}{'[' + r.sub + ']' if r.sub else ''} is the first to leave "
            f"tolerance ({r.judgement.metric} {r.judgement.value:.3g} > {r.judgement.bound:.3g}); {how}")
-    return Divergence(state, "forward", location, r.torch_name, r.jittor_name, r.judgement.metric,
-                      r.judgement.value, r.judgement.bound, msg, r.order, r.sub, r.introduced_ratio)
+    return Divergence(state=state, direction="forward", location=location, torch_name=r.torch_name,
+                      jittor_name=r.jittor_name, metric=r.judgement.metric, value=r.judgement.value,
+                      tol=r.judgement.bound, message=msg, order=r.order, sub=r.sub,
+                      introduced_ratio=r.introduced_ratio)
 
 
-def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResult, t: _Side,
-                         j: _Side) -> Divergence | None:
+def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResult, t: Side,
+                         j: Side) -> Divergence | None:
     bwd = [r for r in rows if r.kind == Kind.BACKWARD]
     # An alias row (a container returning its child's tensor, the model returning the head's) holds
     # the same tensor as its target: scan the target, at the position where the tensor was produced.
@@ -196,12 +203,13 @@ def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResul
         msg += f"the error enters in the backward of {where}"
         if r.missing == "jittor":
             msg += "; the port has no gradient there at all (graph broken)"
-    return Divergence(state, "backward", location, r.torch_name, r.jittor_name, r.judgement.metric,
-                      r.judgement.value, r.judgement.bound, msg, r.order, r.sub, r.introduced_ratio,
-                      candidates)
+    return Divergence(state=state, direction="backward", location=location, torch_name=r.torch_name,
+                      jittor_name=r.jittor_name, metric=r.judgement.metric, value=r.judgement.value,
+                      tol=r.judgement.bound, message=msg, order=r.order, sub=r.sub,
+                      introduced_ratio=r.introduced_ratio, candidates=candidates)
 
 
-def _graphless_producer(r: Comparison, m: Match, matches: MatchResult, j: _Side) -> str | None:
+def _graphless_producer(r: Comparison, m: Match, matches: MatchResult, j: Side) -> str | None:
     """The module that made the port's tensor of row ``r`` outside the autograd graph, or None.
 
     Only when the port recorded that this output does not require grad (traces before
@@ -230,7 +238,7 @@ def _is_ancestor(a: str, b: str) -> bool:
     return a != b and (a == "" or b.startswith(a + "."))
 
 
-def first_divergence(states: list[StateComparison]) -> Divergence | None:
+def first_divergence(states: Sequence[StateComparison]) -> Divergence | None:
     """Forward before backward (a forward error explains the backward one), states in run order."""
     for sc in states:
         if sc.forward is not None:

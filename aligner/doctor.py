@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-# Smoke-test agreement bound: conv/BN/SiLU in float32 agree to ~1e-6 relative (jittor-notes §4).
+# Smoke-test agreement bound: conv/BN/SiLU in float32 agree to ~1e-6 relative (docs/jittor-notes.md, "Numerics against PyTorch").
 SMOKE_REL_TOL = 1e-4
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C: the shell convention (128 + SIGINT)
 
 __all__ = [
-    "EXIT_PASS", "EXIT_FAIL", "EXIT_ERROR", "AlignerError", "UsageError", "EnvironmentError",
-    "TraceFormatError", "NoMatchError", "AdapterError", "WeightTransferError", "exit_code_for",
+    "EXIT_PASS", "EXIT_FAIL", "EXIT_ERROR", "EXIT_INTERRUPTED", "AlignerError", "UsageError", "SetupError",
+    "TraceFormatError", "IncomparableError", "NoMatchError", "AdapterError", "exit_code_for",
 ]
 
 
@@ -32,7 +33,7 @@ class UsageError(AlignerError):
     slug = "usage"
 
 
-class EnvironmentError(AlignerError):  # noqa: A001 - the name the project design fixes
+class SetupError(AlignerError):
     """The environment cannot run the request (framework missing, oneDNN unusable, subprocess died)."""
     slug = "environment"
 
@@ -40,6 +41,11 @@ class EnvironmentError(AlignerError):  # noqa: A001 - the name the project desig
 class TraceFormatError(AlignerError):
     """A trace directory is missing, corrupt, or written with another TRACE_FORMAT."""
     slug = "trace-format"
+
+
+class IncomparableError(AlignerError):
+    """Two inputs cannot be compared (other pair, configuration, dtype, seed, inputs or weights)."""
+    slug = "incomparable"
 
 
 class NoMatchError(AlignerError):
@@ -50,11 +56,6 @@ class NoMatchError(AlignerError):
 class AdapterError(AlignerError):
     """A framework adapter could not capture (forward/backward raised, hooks could not be set)."""
     slug = "adapter"
-
-
-class WeightTransferError(AlignerError):
-    """Weights could not be moved between frameworks at all (problems that can be reported are findings)."""
-    slug = "weight-transfer"
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -17,7 +17,12 @@ touched by sync.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum, unique
@@ -25,8 +30,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from aligner.errors import AlignerError
+from aligner.fsio import atomic_write, read_json_bytes
 from aligner.report.i18n import localized, translator, type_name
-from aligner.report.results import atomic_write_text, check_results, finding_key, finding_metric, fmt_num
+from aligner.results_io import check_results, finding_key, finding_metric, fmt_num
 
 # 1: first version (one JSON object per line, every line carries "format").
 FIXLOG_FORMAT = 1
@@ -35,9 +41,16 @@ ENTRIES_FILE = "entries.jsonl"
 # "Improved" means the finding's metric dropped by at least this fraction since the entry was opened.
 IMPROVEMENT = 0.10
 FIELDS = ("date", "problem", "analysis", "fix", "verification", "status")
+DATE_FORMAT = "%Y-%m-%d %H:%M"
+DAY_FORMAT = "%Y-%m-%d"
+_ID = re.compile(r"FX\d{4,9}")
+_TEXT_FIELDS = ("problem", "analysis", "fix", "verification", "problem_zh", "analysis_zh", "fix_zh",
+                "verification_zh")
+_OPTIONAL_TEXT = ("key", "pair", "opened_run", "last_run", "metric")
+_OPTIONAL_NUM = ("open_value", "value", "tol")
 
 __all__ = ["FIXLOG_FORMAT", "DEFAULT_DIR", "Status", "Entry", "SyncReport", "FixlogError", "entries_path",
-           "load", "save", "add", "edit", "get", "sync_with_results", "render_markdown"]
+           "load", "save", "add", "edit", "get", "sync_with_results", "render_markdown", "check_date"]
 
 
 class FixlogError(AlignerError):
@@ -95,14 +108,43 @@ class Entry:
         return {"format": FIXLOG_FORMAT, **d}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Entry:
+    def from_json(cls, d: Any) -> Entry:
+        """An entry from its JSON object, every field checked (types, id, date, status, non-empty problem)."""
+        if not isinstance(d, dict):
+            raise FixlogError("a fix-log line must be a JSON object")
         if d.get("format") != FIXLOG_FORMAT:
             raise FixlogError(f"fix-log entry has format {d.get('format')!r}; this aligner reads {FIXLOG_FORMAT}")
         known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["status"] = Status(kw["status"])
-        kw["history"] = tuple(kw.get("history") or ())
-        return cls(**kw)
+        unknown = set(d) - known - {"format"}
+        if unknown:
+            raise FixlogError(f"unknown field(s) {', '.join(sorted(unknown))[:80]}")
+        missing = [k for k in ("id", *FIELDS) if k not in d]
+        if missing:
+            raise FixlogError(f"missing field(s) {', '.join(missing)}")
+        if not isinstance(d["id"], str) or not _ID.fullmatch(d["id"]):
+            raise FixlogError(f"entry id {str(d['id'])[:20]!r} is not FX followed by digits")
+        for k in _TEXT_FIELDS:
+            if not isinstance(d.get(k, ""), str):
+                raise FixlogError(f"{d['id']}: {k} must be text")
+        for k in _OPTIONAL_TEXT:
+            if d.get(k) is not None and not isinstance(d[k], str):
+                raise FixlogError(f"{d['id']}: {k} must be text or null")
+        for k in _OPTIONAL_NUM:
+            v = d.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or (isinstance(v, float) and not math.isfinite(v))):
+                raise FixlogError(f"{d['id']}: {k} must be a finite number or null")
+        history = d.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+            raise FixlogError(f"{d['id']}: history must be a list of text lines")
+        check_date(d["date"])
+        check_problem(d["problem"])
+        try:
+            status = Status(d["status"])
+        except (ValueError, TypeError):
+            raise FixlogError(f"{d['id']}: status {str(d['status'])[:20]!r} is not one of "
+                              f"{', '.join(s.value for s in Status)}") from None
+        return cls(**{**{k: v for k, v in d.items() if k in known}, "status": status, "history": tuple(history)})
 
 
 @dataclass(frozen=True)
@@ -124,29 +166,76 @@ def entries_path(path: str | Path | None) -> Path:
     return p if p.suffix == ".jsonl" else p / ENTRIES_FILE
 
 
-def load(path: str | Path | None = None) -> list[Entry]:
-    """All entries (empty when the store does not exist yet)."""
-    f = entries_path(path)
-    if not f.exists():
-        return []
-    out = []
-    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+def check_date(date: Any) -> str:
+    """``date`` if it is a real "YYYY-MM-DD HH:MM" (or a day, "YYYY-MM-DD"), else FixlogError."""
+    for fmt, size in ((DATE_FORMAT, 16), (DAY_FORMAT, 10)):
+        try:
+            if isinstance(date, str) and len(date) == size and datetime.strptime(date, fmt):
+                return date
+        except ValueError:
+            pass
+    raise FixlogError(f"date {str(date)[:30]!r} is not a date like 2026-11-26 14:05 (YYYY-MM-DD HH:MM or YYYY-MM-DD)")
+
+
+def check_problem(problem: Any) -> str:
+    if not isinstance(problem, str) or not problem.strip():
+        raise FixlogError("the problem (问题) of an entry cannot be empty")
+    return problem
+
+
+def _read(f: Path) -> list[Entry]:
+    try:
+        raw = f.read_bytes()
+    except OSError as exc:
+        raise FixlogError(f"cannot read {f}: {exc.strerror or exc}") from None
+    if raw and not raw.endswith(b"\n"):
+        raise FixlogError(f"{f}: the last line is incomplete (the file was cut off)")
+    out, seen = [], set()
+    for n, line in enumerate(raw.split(b"\n"), 1):
         if line.strip():
             try:
-                out.append(Entry.from_json(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise FixlogError(f"{f}:{n}: unreadable fix-log entry ({exc})") from exc
+                entry = Entry.from_json(read_json_bytes(line, f"{f}:{n}", FixlogError))
+            except FixlogError as exc:
+                raise FixlogError(f"{f}:{n}: unreadable fix-log entry ({exc})") from None
+            if entry.id in seen:
+                raise FixlogError(f"{f}:{n}: entry id {entry.id} appears twice")
+            seen.add(entry.id)
+            out.append(entry)
     return out
+
+
+def load(path: str | Path | None = None, *, must_exist: bool = False) -> list[Entry]:
+    """All entries; a store that does not exist is empty, or an error with ``must_exist`` (a mistyped --dir)."""
+    f = entries_path(path)
+    if not f.exists():
+        if must_exist:
+            where = f if f.parent.is_dir() else f.parent
+            raise FixlogError(f"no fix log at {where} (start one with `aligner fixlog add --dir ...`)")
+        return []
+    return _read(f)
 
 
 def save(entries: Iterable[Entry], path: str | Path | None = None) -> Path:
     """Write every entry atomically (temp file in the same directory, then rename)."""
-    text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries)
-    return atomic_write_text(entries_path(path), text)
+    text = "".join(json.dumps(e.to_json(), ensure_ascii=False, allow_nan=False) + "\n" for e in entries)
+    return atomic_write(entries_path(path), text)
+
+
+@contextmanager
+def _locked(path: str | Path | None) -> Iterator[None]:
+    """Exclusive lock around a read-modify-write of the store (concurrent adds keep every entry)."""
+    f = entries_path(path)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with open(f.with_name(f".{f.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _now(now: datetime | None) -> str:
-    return (now or datetime.now()).strftime("%Y-%m-%d %H:%M")
+    return (now or datetime.now()).strftime(DATE_FORMAT)
 
 
 def _next_id(entries: Sequence[Entry]) -> str:
@@ -157,14 +246,17 @@ def _next_id(entries: Sequence[Entry]) -> str:
 def add(path: str | Path | None, *, problem: str, analysis: str = "", fix: str = "", verification: str = "",
         status: Status = Status.OPEN, date: str | None = None, now: datetime | None = None) -> Entry:
     """Append a manual entry and return it."""
-    entries = load(path)
-    entry = Entry(_next_id(entries), date or _now(now), problem, analysis, fix, verification, Status(status))
-    save([*entries, entry], path)
+    check_problem(problem)
+    date = check_date(date) if date is not None else _now(now)
+    with _locked(path):
+        entries = load(path)
+        entry = Entry(_next_id(entries), date, problem, analysis, fix, verification, Status(status))
+        save([*entries, entry], path)
     return entry
 
 
 def get(path: str | Path | None, entry_id: str) -> Entry:
-    for e in load(path):
+    for e in load(path, must_exist=True):
         if e.id == entry_id:
             return e
     raise FixlogError(f"no fix-log entry {entry_id!r} in {entries_path(path)}")
@@ -173,21 +265,29 @@ def get(path: str | Path | None, entry_id: str) -> Entry:
 def edit(path: str | Path | None, entry_id: str, **changes: Any) -> Entry:
     """Change fields of one entry (``status`` may be a Status or its value). A changed text field
     replaces both languages, because a person wrote it."""
-    entries = load(path)
-    for i, e in enumerate(entries):
-        if e.id == entry_id:
-            upd = {k: v for k, v in changes.items() if v is not None}
-            bad = set(upd) - set(FIELDS)
-            if bad:
-                raise FixlogError(f"cannot edit {sorted(bad)}; editable fields: {', '.join(FIELDS)}")
-            if "status" in upd:
-                upd["status"] = Status(upd["status"])
-            for f in ("problem", "analysis", "fix", "verification"):
-                if f in upd:
-                    upd[f"{f}_zh"] = ""
-            entries[i] = dataclasses.replace(e, **upd)
-            save(entries, path)
-            return entries[i]
+    upd = {k: v for k, v in changes.items() if v is not None}
+    bad = set(upd) - set(FIELDS)
+    if bad:
+        raise FixlogError(f"cannot edit {sorted(bad)}; editable fields: {', '.join(FIELDS)}")
+    if "date" in upd:
+        check_date(upd["date"])
+    if "problem" in upd:
+        check_problem(upd["problem"])
+    if "status" in upd:
+        try:
+            upd["status"] = Status(upd["status"])
+        except ValueError:
+            raise FixlogError(f"status {upd['status']!r} is not one of {', '.join(s.value for s in Status)}") from None
+    for f in ("problem", "analysis", "fix", "verification"):
+        if f in upd:
+            upd[f"{f}_zh"] = ""
+    with _locked(path):
+        entries = load(path, must_exist=True)
+        for i, e in enumerate(entries):
+            if e.id == entry_id:
+                entries[i] = dataclasses.replace(e, **upd)
+                save(entries, path)
+                return entries[i]
     raise FixlogError(f"no fix-log entry {entry_id!r} in {entries_path(path)}")
 
 
@@ -277,6 +377,11 @@ def sync_with_results(results: Mapping[str, Any], path: str | Path | None = None
                       now: datetime | None = None) -> SyncReport:
     """Open entries for new error findings; mark tracked entries done / partial / open; save."""
     check_results(results)
+    with _locked(path):
+        return _sync(results, path, now)
+
+
+def _sync(results: Mapping[str, Any], path: str | Path | None, now: datetime | None) -> SyncReport:
     run = results["run"]
     run_id, pair = str(run.get("id")), str(run.get("pair"))
     entries = load(path)

@@ -6,7 +6,6 @@ unmatched module, a parameter-count change. A baseline is a trimmed results.json
 """
 from __future__ import annotations
 
-import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -14,15 +13,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from aligner.comparability import check_runs
+from aligner.errors import UsageError
+from aligner.fsio import atomic_write
 from aligner.report.i18n import translator
-from aligner.report.results import atomic_write_text, check_results, finding_key, fmt_num, layer_key
+from aligner.results_io import check_results, finding_key, fmt_num, judged_error, layer_key, write_json
 
 __all__ = ["GatePolicy", "Change", "CheckOutcome", "GateResult", "evaluate", "make_baseline", "write_baseline",
            "write_junit", "format_table", "CHECKS"]
 
 CHECKS = ("error_findings", "new_failing_layers", "error_growth", "new_unmatched", "param_counts")
 _PARAM_KEYS = ("trainable", "trainable_tensors", "buffers", "frozen")
-_BASELINE_LAYER_KEYS = ("state", "kind", "order", "torch_name", "jittor_name", "sub", "call", "rel", "tol", "ok")
+_BASELINE_LAYER_KEYS = ("state", "kind", "order", "torch_name", "jittor_name", "sub", "call", "rel", "tol", "ok",
+                        "metric", "rel_fp64", "rel_l2", "max_abs")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,15 @@ class GatePolicy:
     fail_on_new_failing_layer: bool = True
     fail_on_new_unmatched: bool = True
     fail_on_param_change: bool = True
+
+    def __post_init__(self) -> None:
+        for kind, f in self.growth_factor.items():
+            # NaN would make every comparison false and switch the check off; below 1 every run regresses
+            if not isinstance(f, (int, float)) or not math.isfinite(f) or f < 1:
+                raise UsageError(f"growth factor{' for ' + kind if kind else ''} must be a finite number >= 1, "
+                                 f"got {f!r}")
+        if not math.isfinite(self.growth_floor) or self.growth_floor < 0:
+            raise UsageError(f"growth floor must be a finite number >= 0, got {self.growth_floor!r}")
 
     def factor(self, kind: str) -> float:
         return float(self.growth_factor.get(kind, self.growth_factor.get("", 10.0)))
@@ -75,6 +87,15 @@ def _rel(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _compared_errors(before: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """The errors the growth check compares: the judged number of both rows when both record it under the
+    same metric, else the max-norm ``rel`` of both (baselines written before rows recorded their metric)."""
+    jb, jn = judged_error(before), judged_error(now)
+    if jb is not None and jn is not None and jb[0] == jn[0]:
+        return jb[1], jn[1]
+    return _rel(before.get("rel")), _rel(now.get("rel"))
+
+
 def _layer_changes(rows: Sequence[Mapping[str, Any]], base_rows: Sequence[Mapping[str, Any]],
                    policy: GatePolicy) -> list[Change]:
     before = {layer_key(r): r for r in base_rows}
@@ -84,7 +105,7 @@ def _layer_changes(rows: Sequence[Mapping[str, Any]], base_rows: Sequence[Mappin
         if b is None:
             continue
         subject = f"{r.get('state')}/{r.get('kind')} {r.get('torch_name')}" + (f"/{r['sub']}" if r.get("sub") else "")
-        old, new = _rel(b.get("rel")), _rel(r.get("rel"))
+        old, new = _compared_errors(b, r)
         if b.get("ok") and not r.get("ok"):
             out.append(Change("new_failing_layers", subject, f"ok rel={fmt_num(old)}",
                               f"FAIL rel={fmt_num(new)} tol={fmt_num(r.get('tol'))}", True))
@@ -125,7 +146,8 @@ def evaluate(results: Mapping[str, Any], baseline: Mapping[str, Any] | None = No
     policy = policy or GatePolicy()
     check_results(results)
     if baseline is not None:
-        check_results(baseline, "baseline")
+        check_results(baseline, "baseline", baseline=True)
+        check_runs(results, baseline)
     changes: list[Change] = []
     errors = [f for f in results.get("findings") or [] if f.get("severity") == "error"]
     for f in errors:
@@ -179,7 +201,7 @@ def make_baseline(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_baseline(results: Mapping[str, Any], path: str | Path) -> Path:
     """Accept ``results`` as the new baseline (atomic write)."""
-    return atomic_write_text(Path(path), json.dumps(make_baseline(results), ensure_ascii=False, indent=1) + "\n")
+    return write_json(make_baseline(results), path)
 
 
 def write_junit(result: GateResult, path: str | Path) -> Path:
@@ -199,7 +221,7 @@ def write_junit(result: GateResult, path: str | Path) -> Path:
             fail = ET.SubElement(case, "failure", type=c.name, message=f"{len(c.failures)} item(s)")
             fail.text = "\n".join(c.failures)
     ET.indent(suites)
-    return atomic_write_text(Path(path), ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n")
+    return atomic_write(Path(path), ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n")
 
 
 def format_table(result: GateResult, *, lang: str = "en", limit: int = 20) -> str:

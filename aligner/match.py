@@ -29,13 +29,6 @@ __all__ = ["MatchMethod", "Call", "Match", "MatchResult", "calls_of", "load_mapp
 _LCS_MAX_CELLS = 4_000_000
 
 
-@unique
-class MatchMethod(StrEnum):
-    NAME = "name"
-    ORDER = "order"
-    MAP = "map"
-
-
 @dataclass(frozen=True)
 class Call:
     """One module call with all its output leaves (a CallRecord group sharing ``order``)."""
@@ -89,6 +82,14 @@ class MatchResult:
         return sum(1 for m in self.matches if m.method == method)
 
 
+@unique
+class MatchMethod(StrEnum):
+    """How a :class:`Match` was made."""
+    NAME = "name"
+    ORDER = "order"
+    MAP = "map"
+
+
 def calls_of(trace: Trace | Iterable[CallRecord]) -> list[Call]:
     """Group a trace's CallRecords by execution order."""
     records = trace.calls if isinstance(trace, Trace) else list(trace)
@@ -99,7 +100,8 @@ def calls_of(trace: Trace | Iterable[CallRecord]) -> list[Call]:
     for order in sorted(groups):
         recs = tuple(sorted(groups[order], key=lambda r: r.sub))
         first = recs[0]
-        out.append(Call(order, first.module, first.module_type, first.call_index, recs))
+        out.append(Call(order=order, module=first.module, module_type=first.module_type,
+                        call_index=first.call_index, outputs=recs))
     return out
 
 
@@ -143,7 +145,7 @@ def match_calls(torch_calls: list[Call], jittor_calls: list[Call],
     matches: list[Match] = []
 
     def take(t: Call, j: Call, method: MatchMethod, conf: float) -> None:
-        matches.append(Match(t, j, method, conf))
+        matches.append(Match(torch=t, jittor=j, method=method, confidence=conf))
         used_t.add(t.order)
         used_j.add(j.order)
 
@@ -164,8 +166,8 @@ def match_calls(torch_calls: list[Call], jittor_calls: list[Call],
     for t, j in _align_by_signature(rest_t, rest_j):
         take(t, j, MatchMethod.ORDER, 0.9 if t.module_type == j.module_type else 0.6)
     matches.sort(key=lambda m: m.torch.order)
-    return MatchResult(matches, [c for c in torch_calls if c.order not in used_t],
-                       [c for c in jittor_calls if c.order not in used_j])
+    return MatchResult(matches=matches, unmatched_torch=[c for c in torch_calls if c.order not in used_t],
+                       unmatched_jittor=[c for c in jittor_calls if c.order not in used_j])
 
 
 def match_traces(torch_trace: Trace, jittor_trace: Trace,

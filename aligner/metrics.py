@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from aligner.reductions import error_sums, pair_sums
+from aligner.reductions import ErrorSums, error_sums, pair_sums
 from aligner.records import TensorStats
 
-__all__ = ["EPS", "TensorMetrics", "compare_arrays", "compare_stats", "rel_error", "rel_l2_error"]
+__all__ = ["EPS", "Tensor", "TensorMetrics", "compare_arrays", "compare_stats", "rel_error", "rel_l2_error",
+           "measure", "relative", "relative_l2", "absmax"]
+
+# A compared tensor: the array itself, or only its summary (stats-only capture).
+Tensor = np.ndarray | TensorStats
 
 # Stands in for max|ref| when the reference is exactly zero, so rel stays finite and a non-zero
 # port against an all-zero reference reads as a huge relative error instead of a division by zero.
@@ -78,8 +82,10 @@ def _numeric(*arrays: np.ndarray) -> bool:
     return all(a.dtype.kind in "fiub" for a in arrays)
 
 
-def rel_error(ref: np.ndarray, port: np.ndarray) -> float:
-    """``max|port-ref| / max|ref|`` in float64; inf on shape mismatch, NaN or Inf disagreement."""
+def _relative(ref: np.ndarray, port: np.ndarray, from_sums: Callable[[ErrorSums], float],
+              exact: Callable[[np.ndarray, np.ndarray], float]) -> float:
+    """A relative error of two arrays: inf on shape mismatch, 0 when empty, from the fused sums when all
+    finite, else ``exact`` on float64 copies."""
     r, p = np.asarray(ref), np.asarray(port)
     if r.shape != p.shape:
         return math.inf
@@ -87,12 +93,20 @@ def rel_error(ref: np.ndarray, port: np.ndarray) -> float:
         return 0.0
     s = error_sums(r, p) if _numeric(r, p) else None
     if s is not None:
-        return s.max_abs / (s.ref_absmax if s.ref_absmax > 0 else EPS)
-    r, p = r.astype(np.float64, copy=False), p.astype(np.float64, copy=False)
+        return from_sums(s)
+    return exact(r.astype(np.float64, copy=False), p.astype(np.float64, copy=False))
+
+
+def rel_error(ref: np.ndarray, port: np.ndarray) -> float:
+    """``max|port-ref| / max|ref|`` in float64; inf on shape mismatch, NaN or Inf disagreement."""
+    return _relative(ref, port, lambda s: s.max_abs / (s.ref_absmax if s.ref_absmax > 0 else EPS), _rel_exact)
+
+
+def _rel_exact(r: np.ndarray, p: np.ndarray) -> float:
     diff = _abs_diff(r, p)
     if not np.all(np.isfinite(diff)):
         return math.inf
-    scale = _absmax(r)
+    scale = absmax(r)
     return float(diff.max()) / (scale if scale > 0 else EPS)
 
 
@@ -107,11 +121,6 @@ def _abs_diff(r: np.ndarray, p: np.ndarray) -> np.ndarray:
     if nan.any():
         diff = np.where(nan, np.inf, diff)
     return diff
-
-
-def _absmax(x: np.ndarray) -> float:
-    finite = x[np.isfinite(x)] if not np.all(np.isfinite(x)) else x
-    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def compare_arrays(ref: np.ndarray, port: np.ndarray, *, rtol: float = 0.0,
@@ -188,16 +197,8 @@ def _rel_l2(r: np.ndarray, diff: np.ndarray, finite: bool) -> float:
 
 def rel_l2_error(ref: np.ndarray, port: np.ndarray) -> float:
     """``||port-ref||_2 / ||ref||_2`` in float64; inf on shape mismatch or non-finite difference."""
-    r, p = np.asarray(ref), np.asarray(port)
-    if r.shape != p.shape:
-        return math.inf
-    if r.size == 0:
-        return 0.0
-    s = error_sums(r, p) if _numeric(r, p) else None
-    if s is not None:
-        return math.sqrt(s.dd) / (math.sqrt(s.rr) if s.rr > 0 else EPS)
-    r, p = r.astype(np.float64, copy=False), p.astype(np.float64, copy=False)
-    return _rel_l2(r, _abs_diff(r, p), False)
+    return _relative(ref, port, lambda s: math.sqrt(s.dd) / (math.sqrt(s.rr) if s.rr > 0 else EPS),
+                     lambda r, p: _rel_l2(r, _abs_diff(r, p), False))
 
 
 def _cosine(r: np.ndarray, p: np.ndarray, finite: bool = False) -> float | None:
@@ -248,3 +249,49 @@ def compare_stats(ref: TensorStats, port: TensorStats, *, rtol: float = 0.0,
     rel_l2 = abs(ref.l2 - port.l2) / (ref.l2 if ref.l2 > 0 else EPS) if math.isfinite(max_abs) else math.inf
     return TensorMetrics(shape_r, shape_p, max_abs, rel, None, None, None, required, scale,
                          rtol=rtol, atol=atol, stats_only=True, rel_l2=rel_l2, **counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# either form of a tensor (array or stats-only summary)
+
+
+def measure(ref: Tensor, port: Tensor, rtol: float, atol: float) -> TensorMetrics:
+    """:func:`compare_arrays` when both are arrays, else :func:`compare_stats` on their summaries."""
+    if isinstance(ref, np.ndarray) and isinstance(port, np.ndarray):
+        return compare_arrays(ref, port, rtol=rtol, atol=atol)
+    rs = ref if isinstance(ref, TensorStats) else TensorStats.of(ref)
+    ps = port if isinstance(port, TensorStats) else TensorStats.of(port)
+    return compare_stats(rs, ps, rtol=rtol, atol=atol)
+
+
+def relative(ref: Tensor, port: Tensor) -> float:
+    """Max-norm relative error of either form (a lower bound from stats)."""
+    if isinstance(ref, np.ndarray) and isinstance(port, np.ndarray):
+        return rel_error(ref, port)
+    return measure(ref, port, 0.0, 0.0).rel
+
+
+def relative_l2(ref: Tensor, port: Tensor) -> float:
+    """L2 relative error of either form."""
+    if isinstance(ref, np.ndarray) and isinstance(port, np.ndarray):
+        return rel_l2_error(ref, port)
+    return float(measure(ref, port, 0.0, 0.0).rel_l2 or 0.0)
+
+
+def absmax(t: Tensor | None) -> float:
+    """Largest finite |value| of either form (0 for None or empty)."""
+    if t is None:
+        return 0.0
+    if isinstance(t, TensorStats):
+        vals = [abs(t.min), abs(t.max)]
+        return max(v for v in vals if math.isfinite(v)) if any(math.isfinite(v) for v in vals) else 0.0
+    a = np.asarray(t)
+    if a.size == 0:
+        return 0.0
+    if a.dtype.kind in "fiub":
+        lo, hi = float(a.min()), float(a.max())  # two passes in the stored dtype, no float64 copy
+        if math.isfinite(lo) and math.isfinite(hi):
+            return max(abs(lo), abs(hi))
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.abs(a).max()) if a.size else 0.0

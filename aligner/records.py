@@ -1,4 +1,5 @@
-"""Plain records shared by capture and analysis: numpy only, no framework import.
+"""Plain records of what a capture produced, shared by capture and analysis (numpy only, no framework).
+What the analysis derives from them (rows, divergences, findings) is in :mod:`aligner.analysis_records`.
 
 A :class:`Trace` is what one framework's capture of one model state produced. Arrays and their
 statistics are keyed by strings with these conventions (``<order>`` is the execution index of a
@@ -46,8 +47,11 @@ __all__ = [
     "Framework", "ParamKind", "GradStatus", "FrozenBy", "FindingType", "Severity",
     "WeightProblemKind", "TensorStats", "ParamInfo", "ModuleInfo", "CallRecord", "Trace", "WeightProblem",
     "act_key", "gact_key", "pgrad_key", "param_key", "buffer_key", "stage_key", "input_key", "ginput_key",
-    "step_key", "split_key",
+    "TORCH_ONLY", "torch_only",
 ]
+
+# torch-only bookkeeping tensors Jittor has no counterpart for: never transferred, counted or compared
+TORCH_ONLY: tuple[str, ...] = ("num_batches_tracked",)
 
 
 @unique
@@ -259,6 +263,13 @@ class Trace:
     def has(self, key: str) -> bool:
         return key in self.arrays or key in self.stats
 
+    def first_calls(self) -> dict[str, int]:
+        """Module name -> execution index of its first call (the order findings point in)."""
+        out: dict[str, int] = {}
+        for c in self.calls:
+            out.setdefault(c.module, c.order)
+        return out
+
     def param(self, name: str) -> ParamInfo | None:
         for p in self.params:
             if p.name == name:
@@ -312,11 +323,6 @@ def ginput_key(index: int, sub: str = "") -> str:
     return f"ginput/{index}" + (f"/{sub}" if sub else "")
 
 
-def step_key(step: int, key: str) -> str:
-    return f"step/{step}/{key}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """``"act/3/0"`` -> ``("act", "3/0")``; ``"pgrad/a.b"`` -> ``("pgrad", "a.b")``."""
-    kind, _, rest = key.partition("/")
-    return kind, rest
+def torch_only(name: str) -> bool:
+    """The tensor ``name`` (dotted) is torch-only bookkeeping (:data:`TORCH_ONLY`)."""
+    return name.rsplit(".", 1)[-1] in TORCH_ONLY

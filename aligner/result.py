@@ -1,27 +1,16 @@
-"""The result of one alignment and its on-disk form, results.json (schema 1, docs/results-schema.md)."""
+"""The result of one alignment; ``to_dict()`` is results.json (written and read by aligner.results_io)."""
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from aligner.compare import Comparison, Divergence, StateComparison
-from aligner.findings import Finding
+from aligner.analysis_records import Comparison, Divergence, Finding, StateComparison
 from aligner.records import FindingType, Severity
+from aligner.results_io import RESULTS_FILE, RESULTS_SCHEMA, to_jsonable, write_results
 from aligner.summary import FindingCounts, verdict
 
-__all__ = ["RESULTS_SCHEMA", "RESULTS_FILE", "AlignmentResult", "to_jsonable", "write_results", "dumps_json"]
-
-RESULTS_SCHEMA = 1
-RESULTS_FILE = "results.json"
+# the writer lives in results_io; re-exported because the API hands these out with the result type
+__all__ = ["RESULTS_SCHEMA", "RESULTS_FILE", "AlignmentResult", "to_jsonable", "write_results"]
 
 
 @dataclass
@@ -77,59 +66,3 @@ class AlignmentResult:
             "steps": self.steps,
             "modules": self.modules,
         })
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays unwrapped, non-finite floats as null, enums as str."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
-
-
-def dumps_json(data: Mapping[str, Any], *, allow_nan: bool = False, rows: str = "layers") -> str:
-    """JSON text with indent 1, except that each element of ``data[rows]`` takes one line.
-
-    ``json.dumps`` with an indent runs the pure-Python encoder; the thousands of layer rows are encoded
-    by the C encoder instead, one row per line (still diffable line by line). Key order is kept.
-    """
-    big = data.get(rows) if isinstance(data, Mapping) else None
-    if not isinstance(big, list) or not big:
-        return json.dumps(data, indent=1, ensure_ascii=False, allow_nan=allow_nan)
-    marker = f"\u0000{rows}-{uuid.uuid4().hex}\u0000"  # no user string can be this
-    head = json.dumps({k: (marker if k == rows else v) for k, v in data.items()}, indent=1, ensure_ascii=False,
-                      allow_nan=allow_nan)
-    enc = json.JSONEncoder(ensure_ascii=False, allow_nan=allow_nan, separators=(", ", ": "))
-    body = "[\n  " + ",\n  ".join(enc.encode(r) for r in big) + "\n ]"
-    return head.replace(json.dumps(marker), body, 1)
-
-
-def write_results(result: AlignmentResult | Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Write ``out_dir/results.json`` atomically (temp file in the same folder, then rename)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = result.to_dict() if isinstance(result, AlignmentResult) else to_jsonable(dict(result))
-    text = dumps_json(data, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared (CI artifacts)
-        os.replace(tmp, out / RESULTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out / RESULTS_FILE

@@ -18,25 +18,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum, unique
 from typing import Any
 
+from aligner.analysis_records import Judgement, Kind
 from aligner.metrics import TensorMetrics
 
-__all__ = ["Kind", "Tolerances", "Judgement", "judge", "lookup"]
-
-
-@unique
-class Kind(StrEnum):
-    """What a compared tensor is (the ``kind`` of a results.json layer row)."""
-    FORWARD = "forward"        # module output
-    BACKWARD = "backward"      # gradient of the loss w.r.t. a module output
-    PARAM_GRAD = "param_grad"  # gradient of the loss w.r.t. a parameter
-    PARAM = "param"            # parameter value (after weight transfer or an optimiser step)
+__all__ = ["Tolerances", "judge", "lookup"]
 
 
 # Relative bounds, and the floor under the noise-floor bound. float32 forward (max-norm): conv/BN/
-# activation chains agree to ~1e-6 per layer (jittor-notes §4), deep GOLD-YOLO stacks to ~1e-5.
+# activation chains agree to ~1e-6 per layer (docs/jittor-notes.md, "Numerics against PyTorch"), deep GOLD-YOLO stacks to ~1e-5.
 # float32 gradients (L2-norm, see ``norms``): near a BN-dominated state the official code's own
 # float32 gradients are 1e-4..3e-2 off float64, and two float32 implementations are independent
 # samples of that noise (measured on the correct GOLD-YOLO-N port: Jittor's backbone gradients
@@ -168,16 +159,6 @@ class Tolerances:
                 "norms": dict(self.norms), "no_floor_factor": dict(self.no_floor_factor)}
 
 
-@dataclass(frozen=True)
-class Judgement:
-    """Outcome of judging one comparison."""
-    ok: bool
-    metric: str          # "rel" | "rel_fp64" | "max_abs" | "shape" | "nan_inf"
-    value: float         # the judged number
-    bound: float         # what it was judged against ("tol" in results.json)
-    noise_floor: float | None = None  # err(ref32, ref64) when used
-
-
 def judge(m: TensorMetrics, rtol: float, atol: float = 0.0, *, noise_floor: float | None = None,
           rel_fp64: float | None = None, multiplier: float = 3.0, norm: str = "max") -> Judgement:
     """Pass/fail of one tensor comparison.
@@ -190,18 +171,19 @@ def judge(m: TensorMetrics, rtol: float, atol: float = 0.0, *, noise_floor: floa
     max-norm ``rel`` (then ``noise_floor``/``rel_fp64`` must be L2 errors too).
     """
     if not m.shape_ok:
-        return Judgement(False, "shape", math.inf, 0.0, noise_floor)
+        return Judgement(ok=False, metric="shape", value=math.inf, bound=0.0, noise_floor=noise_floor)
     if not m.nan_inf_ok:
-        return Judgement(False, "nan_inf", float(m.nan_port + m.inf_port + m.nan_ref + m.inf_ref), 0.0,
-                         noise_floor)
+        return Judgement(ok=False, metric="nan_inf", value=float(m.nan_port + m.inf_port + m.nan_ref + m.inf_ref),
+                         bound=0.0, noise_floor=noise_floor)
     l2 = norm == "l2" and m.rel_l2 is not None
     name = "rel_l2" if l2 else "rel"
     if noise_floor is not None and rel_fp64 is not None and math.isfinite(noise_floor):
         bound = max(multiplier * noise_floor, rtol)
-        result = Judgement(rel_fp64 <= bound, name + "_fp64", rel_fp64, bound, noise_floor)
+        result = Judgement(ok=rel_fp64 <= bound, metric=name + "_fp64", value=rel_fp64, bound=bound,
+                           noise_floor=noise_floor)
     else:
         value = float(m.rel_l2) if l2 else m.rel  # type: ignore[arg-type]
-        result = Judgement(value <= rtol, name, value, rtol, noise_floor)
+        result = Judgement(ok=value <= rtol, metric=name, value=value, bound=rtol, noise_floor=noise_floor)
     if not result.ok and m.max_abs <= atol:
-        return Judgement(True, "max_abs", m.max_abs, atol, noise_floor)
+        return Judgement(ok=True, metric="max_abs", value=m.max_abs, bound=atol, noise_floor=noise_floor)
     return result

@@ -2,18 +2,25 @@
 
 Layout of one trace (one framework, one model state)::
 
-    DIR/manifest.json   {"trace_format", "meta", "calls", "params", "modules", "stats", "stages", "arrays"}
+    DIR/manifest.json   {"trace_format", "meta", "calls", "params", "modules", "stats", "stages", "arrays",
+                         "files", "checksum"}
     DIR/arrays.npz      np.savez of Trace.arrays (keys as in records.py), loaded with allow_pickle=False
+    DIR/.aligner-output marker: the directory was written by the aligner and may be replaced
 
 A capture of several states writes a *trace set*: ``ROOT/index.json`` (``{"trace_format", "framework",
-"states": [...]}``) and one trace directory per state, ``ROOT/<state>/``.
+"states": [...], "checksum"}``) and one trace directory per state, ``ROOT/<state>/``.
+
+Integrity: ``files`` maps each array file of the directory to its sha256, ``checksum`` is the sha256 of
+the document's own canonical JSON without that key; a trace whose bytes changed is refused, not read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -22,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from .errors import TraceFormatError
+from .fsio import atomic_dir, read_json_bytes
 from .records import CallRecord, FrozenBy, GradStatus, ModuleInfo, ParamInfo, ParamKind, TensorStats, Trace
 
 __all__ = ["TRACE_FORMAT", "MANIFEST", "ARRAYS", "INDEX", "write_trace", "read_trace", "is_trace_dir",
-           "write_trace_set", "read_trace_set", "read_weights", "WEIGHTS", "atomic_dir"]
+           "write_trace_set", "read_trace_set", "open_trace_set", "read_weights", "WEIGHTS", "atomic_dir"]
 
 # TRACE_FORMAT changelog:
 #   1  first format: manifest (meta, calls, params, modules, stats, stages, array index) + arrays.npz;
@@ -35,12 +43,19 @@ __all__ = ["TRACE_FORMAT", "MANIFEST", "ARRAYS", "INDEX", "write_trace", "read_t
 #      the init check) and ``calls[].requires_grad`` (CallRecord default None).
 #   2  an array stored under several keys (an alias record shares its target's array) is written once:
 #      the other keys' index entries say ``"same_as": <key written>``. Format 1 traces are still read.
-TRACE_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+#   3  integrity and comparability: ``files`` (sha256 of arrays.npz and weights.npz), ``checksum`` (of the
+#      manifest / index itself), ``meta["inputs_sha256"]`` and ``meta["weights_sha256"]`` (see
+#      aligner/comparability.py). Formats 1 and 2 are still read, without these checks.
+TRACE_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+_V3_KEYS = ("files", "checksum")
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 INDEX = "index.json"
 WEIGHTS = "weights.npz"  # optional, in a state directory: the torch weights that state used
+
+
+_CHUNK = 1 << 20
 
 
 def _jsonable(obj: Any) -> Any:
@@ -59,35 +74,32 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _dump(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(_jsonable(obj), indent=1, allow_nan=True) + "\n", encoding="utf-8")
+def _checksum(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, allow_nan=True).encode()).hexdigest()
 
 
-class atomic_dir:  # noqa: N801 - used like a function: `with atomic_dir(path) as tmp:`
-    """Context manager: build a directory in a temp sibling, then swap it into place on success."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-            os.replace(self.path, old / "x")
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def _dump(obj: dict[str, Any], path: Path) -> None:
+    doc = _jsonable(obj)
+    doc["checksum"] = _checksum(doc)
+    path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n", encoding="utf-8")
 
 
-def _write_into(trace: Trace, d: Path) -> None:
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return _sha_file(path)
+
+
+def _write_into(trace: Trace, d: Path, weights: dict[str, np.ndarray] | None = None) -> None:
     # NOTE: not np.ascontiguousarray, which turns 0-d arrays into shape (1,)
     arrays = {k: np.array(v, order="C", copy=False) for k, v in trace.arrays.items()}
     for k, v in arrays.items():
@@ -99,6 +111,9 @@ def _write_into(trace: Trace, d: Path) -> None:
         same_as[k] = first.setdefault(id(v), k)
     index = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                  **({"same_as": same_as[k]} if same_as[k] != k else {})} for k, v in arrays.items()}
+    files = {ARRAYS: _savez(d / ARRAYS, {k: v for k, v in arrays.items() if same_as[k] == k})}
+    if weights is not None:
+        files[WEIGHTS] = _savez(d / WEIGHTS, weights)
     manifest = {
         "trace_format": TRACE_FORMAT,
         "meta": trace.meta,
@@ -108,14 +123,13 @@ def _write_into(trace: Trace, d: Path) -> None:
         "stats": {k: asdict(s) for k, s in trace.stats.items()},
         "stages": trace.stages,
         "arrays": index,
+        "files": files,
     }
     _dump(manifest, d / MANIFEST)
-    with open(d / ARRAYS, "wb") as f:
-        np.savez(f, **{k: v for k, v in arrays.items() if same_as[k] == k})
 
 
 def write_trace(trace: Trace, path: str | os.PathLike[str]) -> Path:
-    """Write ``trace`` as a directory at ``path`` (replacing it atomically). Returns the path."""
+    """Write ``trace`` as a directory at ``path`` (replacing an earlier aligner output atomically)."""
     with atomic_dir(path) as tmp:
         _write_into(trace, tmp)
     return Path(path)
@@ -133,57 +147,99 @@ def _check_format(doc: dict[str, Any], where: Path, key: str = "trace_format") -
                                "(re-capture with this version)")
 
 
+def _read_doc(path: Path, what: str) -> dict[str, Any]:
+    """A manifest or index: strict UTF-8 JSON object, known format, own checksum verified (format 3)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TraceFormatError(f"{path.parent}: no {path.name} (not {what})") from None
+    except OSError as exc:
+        raise TraceFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    doc = read_json_bytes(raw, str(path), TraceFormatError, allow_nan=True)
+    if not isinstance(doc, dict):
+        raise TraceFormatError(f"{path}: not {what}")
+    _check_format(doc, path.parent)
+    if doc["trace_format"] >= 3:
+        if doc.get("checksum") != _checksum(doc):
+            raise TraceFormatError(f"{path}: checksum mismatch (the file was changed or damaged)")
+    elif any(k in doc for k in _V3_KEYS):
+        raise TraceFormatError(f"{path}: claims trace format {doc['trace_format']} but has format-3 fields")
+    return doc
+
+
+def _verify_file(d: Path, doc: dict[str, Any], name: str) -> None:
+    """Format 3: the array file's sha256 is the one the manifest recorded."""
+    if doc["trace_format"] < 3:
+        return
+    files = doc.get("files")
+    want = files.get(name) if isinstance(files, dict) else None
+    if not isinstance(want, str):
+        raise TraceFormatError(f"{d / MANIFEST}: no checksum recorded for {name}")
+    try:
+        got = _sha_file(d / name)
+    except OSError as exc:
+        raise TraceFormatError(f"{d / name}: unreadable ({exc.strerror or exc})") from None
+    if got != want:
+        raise TraceFormatError(f"{d / name}: checksum mismatch (the file was changed or damaged)")
+
+
+# everything numpy/zipfile raise on a damaged .npz
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except _NPZ_ERRORS as exc:
+        raise TraceFormatError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def _stats(d: dict[str, Any]) -> TensorStats:
     return TensorStats(**{**d, "shape": tuple(d["shape"])})
+
+
+def _records(doc: dict[str, Any]) -> tuple[list[CallRecord], list[ParamInfo], list[ModuleInfo],
+                                           dict[str, TensorStats], dict[str, Any]]:
+    calls = [CallRecord(**{**c, "shape": tuple(c["shape"]), "input_keys": tuple(c["input_keys"])})
+             for c in doc["calls"]]
+    params = [ParamInfo(**{**p, "shape": tuple(p["shape"]), "kind": ParamKind(p["kind"]),
+                           "grad_status": GradStatus(p["grad_status"]),
+                           "frozen_by": None if p["frozen_by"] is None else FrozenBy(p["frozen_by"])})
+              for p in doc["params"]]
+    modules = [ModuleInfo(**m) for m in doc["modules"]]
+    stats = {k: _stats(s) for k, s in doc["stats"].items()}
+    index = doc["arrays"]
+    if not isinstance(doc["meta"], dict) or not isinstance(doc.get("stages", {}), dict) or not isinstance(index, dict):
+        raise TypeError("meta, stages and arrays must be objects")
+    return calls, params, modules, stats, index
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
     """Load a trace directory; raises TraceFormatError on a missing/corrupt/other-version trace."""
     d = Path(path)
+    doc = _read_doc(d / MANIFEST, "a trace directory")
     try:
-        doc = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TraceFormatError(f"{d}: no {MANIFEST} (not a trace directory)") from exc
-    except json.JSONDecodeError as exc:
-        raise TraceFormatError(f"{d / MANIFEST}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise TraceFormatError(f"{d / MANIFEST}: not a trace manifest")
-    _check_format(doc, d)
-    try:
-        calls = [CallRecord(**{**c, "shape": tuple(c["shape"]), "input_keys": tuple(c["input_keys"])})
-                 for c in doc["calls"]]
-        params = [ParamInfo(**{**p, "shape": tuple(p["shape"]), "kind": ParamKind(p["kind"]),
-                               "grad_status": GradStatus(p["grad_status"]),
-                               "frozen_by": None if p["frozen_by"] is None else FrozenBy(p["frozen_by"])})
-                  for p in doc["params"]]
-        modules = [ModuleInfo(**m) for m in doc["modules"]]
-        stats = {k: _stats(s) for k, s in doc["stats"].items()}
-        index = doc["arrays"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TraceFormatError(f"{d / MANIFEST}: malformed ({exc!r})") from exc
-    arrays: dict[str, np.ndarray] = {}
-    if index:
-        try:
-            with np.load(d / ARRAYS, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise TraceFormatError(f"{d / ARRAYS}: unreadable ({exc})") from exc
-    try:
+        calls, params, modules, stats, index = _records(doc)
         shared = {k: spec["same_as"] for k, spec in index.items() if "same_as" in spec}
-    except TypeError as exc:
-        raise TraceFormatError(f"{d / MANIFEST}: malformed array index ({exc!r})") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TraceFormatError(f"{d / MANIFEST}: malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
+    arrays: dict[str, np.ndarray] = {}
+    if index or doc["trace_format"] >= 3:
+        _verify_file(d, doc, ARRAYS)
+        arrays = _load_npz(d / ARRAYS)
     stored = set(index) - set(shared)
     if set(arrays) != stored:
         raise TraceFormatError(f"{d}: arrays.npz keys differ from the manifest "
                                f"({len(stored ^ set(arrays))} keys differ)")
     for k, target in shared.items():
-        if target not in arrays:
+        if not isinstance(target, str) or target not in arrays:
             raise TraceFormatError(f"{d / MANIFEST}: array {k!r} is the same as {target!r}, which is not stored")
         arrays[k] = arrays[target]
     for k, spec in index.items():
-        if list(arrays[k].shape) != spec["shape"] or str(arrays[k].dtype) != spec["dtype"]:
+        if list(arrays[k].shape) != spec.get("shape") or str(arrays[k].dtype) != spec.get("dtype"):
             raise TraceFormatError(f"{d}: array {k!r} is {arrays[k].dtype}{list(arrays[k].shape)}, "
-                                   f"manifest says {spec['dtype']}{spec['shape']}")
+                                   f"manifest says {spec.get('dtype')}{spec.get('shape')}")
     return Trace(meta=doc["meta"], calls=calls, params=params, modules=modules, arrays=arrays,
                  stats=stats, stages=doc.get("stages", {}))
 
@@ -196,43 +252,65 @@ def write_trace_set(traces: dict[str, Trace], root: str | os.PathLike[str],
     ``weights[state]`` (torch name -> array) goes to ``ROOT/<state>/weights.npz`` so that a capture
     in another process can load exactly these weights (:func:`read_weights`).
     """
+    for state in traces:
+        _check_state_name(state, Path(root))
     frameworks = {t.meta.get("framework") for t in traces.values()}
     with atomic_dir(root) as tmp:
         for state, trace in traces.items():
             (tmp / state).mkdir()
-            _write_into(trace, tmp / state)
-            if weights and state in weights:
-                with open(tmp / state / WEIGHTS, "wb") as f:
-                    np.savez(f, **weights[state])
+            _write_into(trace, tmp / state, (weights or {}).get(state))
         _dump({"trace_format": TRACE_FORMAT, "framework": sorted(f for f in frameworks if f),
                "states": list(traces), **(extra or {})}, tmp / INDEX)
     return Path(root)
 
 
-def read_trace_set(root: str | os.PathLike[str]) -> dict[str, Trace]:
-    """``{state: Trace}`` from a trace set, or from a single trace directory."""
+def _check_state_name(state: Any, where: Path) -> None:
+    # a state names a sub-directory: a hostile index must not point outside the trace set
+    if not isinstance(state, str) or not state or state in (".", "..") or "/" in state or "\\" in state \
+            or "\x00" in state:
+        raise TraceFormatError(f"{where}: invalid state name {str(state)[:40]!r}")
+
+
+def _read_index(r: Path) -> dict[str, Any]:
+    doc = _read_doc(r / INDEX, "a trace set")
+    states, fws = doc.get("states"), doc.get("framework", [])
+    if not isinstance(states, list) or len(set(map(str, states))) != len(states):
+        raise TraceFormatError(f"{r / INDEX}: 'states' must be a list of distinct names")
+    if not isinstance(fws, list) or not all(isinstance(f, str) for f in fws):
+        raise TraceFormatError(f"{r / INDEX}: 'framework' must be a list of names")
+    for s in states:
+        _check_state_name(s, r / INDEX)
+    return doc
+
+
+def open_trace_set(root: str | os.PathLike[str]) -> tuple[str, dict[str, Callable[[], Trace]]]:
+    """(framework, state -> loader of that state's trace) for a trace set or a single trace directory;
+    the index is checked now, each state's trace when its loader runs (one state in memory at a time)."""
     r = Path(root)
     if is_trace_dir(r):
         t = read_trace(r)
-        return {t.state or "default": t}
-    try:
-        doc = json.loads((r / INDEX).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TraceFormatError(f"{r}: neither a trace ({MANIFEST}) nor a trace set ({INDEX})") from exc
-    except json.JSONDecodeError as exc:
-        raise TraceFormatError(f"{r / INDEX}: not valid JSON ({exc})") from exc
-    _check_format(doc, r)
-    return {state: read_trace(r / state) for state in doc["states"]}
+        return str(t.meta.get("framework")), {t.state or "default": lambda: t}
+    if not (r / INDEX).is_file():
+        raise TraceFormatError(f"{r}: neither a trace ({MANIFEST}) nor a trace set ({INDEX})")
+    doc = _read_index(r)
+    fws = doc.get("framework") or [""]
+    return str(fws[0]), {s: (lambda s=s: read_trace(r / s)) for s in doc["states"]}
+
+
+def read_trace_set(root: str | os.PathLike[str]) -> dict[str, Trace]:
+    """``{state: Trace}`` from a trace set, or from a single trace directory."""
+    return {state: load() for state, load in open_trace_set(root)[1].items()}
 
 
 def read_weights(root: str | os.PathLike[str], state: str) -> dict[str, np.ndarray]:
-    """The torch weights a trace set stored for ``state``."""
-    path = Path(root) / state / WEIGHTS
-    if not path.is_file() and (Path(root) / WEIGHTS).is_file():
-        path = Path(root) / WEIGHTS
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except FileNotFoundError as exc:
-        raise TraceFormatError(f"{path}: no stored weights for state {state!r} "
-                               "(capture the torch side first)") from exc
+    """The torch weights a trace set stored for ``state`` (checksum verified)."""
+    r = Path(root)
+    d = r / state if (r / INDEX).is_file() or (r / state / MANIFEST).is_file() else r
+    if d != r:
+        _check_state_name(state, r)
+    if not (d / WEIGHTS).is_file():
+        raise TraceFormatError(f"{d / WEIGHTS}: no stored weights for state {state!r} "
+                               "(capture the torch side first)")
+    if (d / MANIFEST).is_file():
+        _verify_file(d, _read_doc(d / MANIFEST, "a trace directory"), WEIGHTS)
+    return _load_npz(d / WEIGHTS)

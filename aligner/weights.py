@@ -1,7 +1,7 @@
 """Weight transfer torch -> Jittor by name, verified tensor by tensor.
 
 Jittor's own ``load_state_dict`` never raises: missing keys keep their random init silently and bad
-shapes are only logged (jittor-notes §8). Here every problem is returned as a
+shapes are only logged (docs/jittor-notes.md, "Saving and loading weights"). Here every problem is returned as a
 :class:`~aligner.records.WeightProblem` (the analysis turns them into ``weight_transfer`` findings),
 and every loaded tensor is read back and compared. Framework access goes through the adapters.
 """
@@ -11,12 +11,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .records import ParamKind, WeightProblem, WeightProblemKind
+from .records import TORCH_ONLY, WeightProblem, WeightProblemKind
 
-__all__ = ["DEFAULT_IGNORE", "compare_state", "transfer_weights", "transfer_arrays"]
+__all__ = ["DEFAULT_IGNORE", "compare_state", "transfer_arrays"]
 
-# torch-only bookkeeping Jittor has no counterpart for (jittor-notes §2)
-DEFAULT_IGNORE: tuple[str, ...] = ("num_batches_tracked",)
+# torch-only bookkeeping Jittor has no counterpart for (docs/jittor-notes.md, "Names, parameters and buffers")
+DEFAULT_IGNORE: tuple[str, ...] = TORCH_ONLY
 # machine epsilon by float size (np.finfo warns about subnormals once torch/jittor set flush-to-zero)
 _EPS = {2: 2.0 ** -10, 4: 2.0 ** -23, 8: 2.0 ** -52}
 
@@ -104,16 +104,3 @@ def transfer_arrays(src: dict[str, np.ndarray], dst_adapter: Any, dst_model: Any
     return compare_state(src, dst_adapter.state_arrays(dst_model), name_map=name_map, ignore=ignore,
                          optional=optional)
 
-
-def transfer_weights(src_adapter: Any, src_model: Any, dst_adapter: Any, dst_model: Any, *,
-                     name_map: dict[str, str] | None = None,
-                     ignore: Iterable[str] = DEFAULT_IGNORE) -> list[WeightProblem]:
-    """Copy every parameter and buffer of the torch model into the Jittor model and verify it.
-
-    Plain tensor attributes of the torch model (kind constant) are copied when the port has them and
-    are not required otherwise.
-    """
-    params, _ = src_adapter.inventory(src_model)
-    optional = {p.name for p in params if p.kind == ParamKind.CONSTANT}
-    return transfer_arrays(src_adapter.state_arrays(src_model), dst_adapter, dst_model,
-                           name_map=name_map, ignore=ignore, optional=optional)

@@ -10,14 +10,14 @@ machine).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import click
 import numpy as np
 import torch
 
-import aligner.env  # noqa: F401  (before jittor)
+import jittor_impl.env  # noqa: F401  (before jittor)
 import jittor as jt
 from jittor_impl.model import build_model as build_jittor
 from jittor_impl.weights import load_torch_state_dict
@@ -43,13 +43,11 @@ def _jittor_step(model: jt.Module, params: list[jt.Var], x: jt.Var,
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
-
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--size", type=int, default=640, show_default=True, help="square input size")
+@click.option("--repeats", type=int, default=5, show_default=True, help="timed steps per framework")
+@click.option("--warmup", type=int, default=2, show_default=True, help="untimed steps first (kernel compile)")
+def main(size: int, repeats: int, warmup: int) -> None:
     torch.manual_seed(0)
     ref = build_torch("gold_yolo-n", num_classes=80).train()
     jt.set_global_seed(0)
@@ -58,7 +56,7 @@ def main() -> None:
     params = [p for p in port.parameters() if not p.is_stop_grad()]
 
     rng = np.random.default_rng(0)
-    x = rng.random((1, 3, args.size, args.size), dtype=np.float32)
+    x = rng.random((1, 3, size, size), dtype=np.float32)
     with torch.no_grad():
         (feats, scores, distri), _ = ref(torch.from_numpy(x))
     shapes = [tuple(o.shape) for o in list(feats) + [scores, distri]]
@@ -66,16 +64,16 @@ def main() -> None:
     tx, tw = torch.from_numpy(x), [torch.from_numpy(w) for w in w_np]
     jx, jw = jt.array(x), [jt.array(w) for w in w_np]
 
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         _torch_step(ref, tx, tw)
         _jittor_step(port, params, jx, jw)
     # interleaved, so that both frameworks see the same background load on a shared machine
     t_times, j_times = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         t_times.append(_torch_step(ref, tx, tw))
         j_times.append(_jittor_step(port, params, jx, jw))
-    print(f"GOLD-YOLO-N fwd+bwd, {args.size}x{args.size}, batch 1, train mode, float32, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats} (interleaved)")
+    print(f"GOLD-YOLO-N fwd+bwd, {size}x{size}, batch 1, train mode, float32, "
+          f"torch threads {torch.get_num_threads()}, median of {repeats} (interleaved)")
     for label, idx in (("wall", 0), ("cpu", 1)):  # cpu = process CPU time, all threads: robust to load
         tt, jj = [t[idx] for t in t_times], [t[idx] for t in j_times]
         t_med, j_med = statistics.median(tt), statistics.median(jj)

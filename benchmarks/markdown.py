@@ -60,7 +60,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(doc: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, computed for GOLD-YOLO-N at the largest and smallest measured sizes."""
+    """The performance targets, computed for GOLD-YOLO-N at the largest and smallest measured sizes."""
     rows = [r for r in doc.get("rows", []) if r["model"] == "N"]
     if not rows:
         return {}
@@ -148,8 +148,8 @@ def render(doc: dict[str, Any]) -> str:
                  f"CPU {il['cpu']['ratio']}; load {il.get('load_before')}.")]
     parts = _timing_keys(doc)
     L += ["", "## `aligner run` (api.run_pair + report files), seconds", "",
-          "`full`/`stats`: one state, no float64 noise floor (one forward + backward per framework, the issue's "
-          "definition). `default`: what `aligner run` does with no options (every state of the pair and the "
+          "`full`/`stats`: one state, no float64 noise floor (one forward + backward per framework, as the targets "
+          "define a run). `default`: what `aligner run` does with no options (every state of the pair and the "
           "float64 reference). `sum` = the parts listed; `wall` = the whole process (Python start, imports, "
           "model builds included). `/bare` = sum / (bare torch + bare Jittor medians); `/fresh` = sum / "
           "(build + first step of each framework in a fresh process).",
@@ -258,7 +258,7 @@ def render(doc: dict[str, Any]) -> str:
                 L += [f"{key}: error {_last_line(pr['error'])}", ""]
                 continue
             total = pr.get("wall_s") if clock == "wall" else pr.get("cpu_s")
-            L += [f"**{mode}, {clock} clock** ({total} s profiled; full text in `profile_{p['label']}_{key}.txt`)", "",
+            L += [f"**{mode}, {clock} clock** ({total} s profiled; full text: `benchmarks/profiles/profile_{p['label']}_{key}.txt` when regenerated)", "",
                   "| by total time | s | by own time | s |", "|---|---|---|---|"]
             for (kt, vt), (ks, vs) in zip(pr["top_total"][:12], pr["top_self"][:12]):
                 L.append(f"| `{kt}` | {vt} | `{ks}` | {vs} |")

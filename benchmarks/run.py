@@ -1,7 +1,8 @@
 """Benchmark: bare PyTorch / Jittor training steps versus `aligner run`, time and memory, one machine, one run.
 
-    python -m benchmarks.run            # GOLD-YOLO N and S at 320/500/640, cold start, profile
-    python -m benchmarks.run --quick    # N at 320 and 640, fewer repeats, no cold start
+    python -m benchmarks.run                    # GOLD-YOLO N and S at 320/500/640, cold start
+    python -m benchmarks.run --quick            # N at 320 and 640, fewer repeats, no cold start
+    python -m benchmarks.run --profile after    # also profile the align path (text reports in --profile-dir)
 
 Every measurement runs in its own subprocess (``benchmarks.workers``), so each peak resident memory
 (ru_maxrss / VmHWM) belongs to that measurement alone. The 1-minute load average is recorded with
@@ -10,7 +11,6 @@ each one: on a shared machine a busy neighbour shows up there. Results go to
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import importlib.util
 import json
@@ -22,15 +22,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import click
 
 from benchmarks.markdown import render
 from benchmarks.workers import RESULT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"  # ignored by git: regenerated on request, never committed
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one benchmark run measures (see the command-line options of :func:`main`)."""
+    quick: bool = False
+    models: tuple[str, ...] = ("n", "s")
+    sizes: tuple[int, ...] = (320, 500, 640)
+    runs: int = 5
+    warmup: int = 2
+    align_runs: int = 1
+    repeats: int = 2
+    cold: bool = True
+    no_trace: bool = False
+    no_interleaved: bool = False
+    profile: str = "none"
+    profile_size: int = 640
+    profilers: tuple[str, ...] = ("wall", "cpu")
+    profile_dir: Path = PROFILE_DIR
+    max_load: float | None = None
+    max_wait: float = 300
+    threads: int | None = None
+    out: Path = RESULTS_DIR
+    default_run: Callable[[str, int], bool] = field(default=lambda model, size: False)
 JITTOR_CACHE_ROOT = Path.home() / ".cache" / "jittor"
 
 
@@ -92,7 +121,7 @@ def measure(kind: str, args: dict[str, Any], *, env: dict[str, str] | None = Non
     return out
 
 
-def bench_size(model: str, size: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def bench_size(model: str, size: int, opts: Options, tmp: Path) -> dict[str, Any]:
     """Bare steps, align runs (full / stats-only, then the CLI default), trace sizes for one model and size."""
     q = (opts.max_load, opts.max_wait)
     pair = f"gold_yolo-{model}"
@@ -152,7 +181,7 @@ def interleaved(size: int) -> dict[str, Any]:
     return out
 
 
-def cold_start(opts: argparse.Namespace, tmp: Path, default_cache: str | None) -> dict[str, Any]:
+def cold_start(opts: Options, tmp: Path, default_cache: str | None) -> dict[str, Any]:
     """Jittor with an empty cache (cache_name=bench_cold_<pid>, a sibling of the user's cache), then delete it."""
     name = f"bench_cold_{os.getpid()}"
     weights = tmp / "n.npz"
@@ -179,9 +208,9 @@ def cold_start(opts: argparse.Namespace, tmp: Path, default_cache: str | None) -
     return res
 
 
-def profile(opts: argparse.Namespace, label: str) -> dict[str, Any]:
+def profile(opts: Options, label: str) -> dict[str, Any]:
     """The align path of N at --profile-size, one state, full and stats-only: pyinstrument (wall clock)
-    and cProfile on a CPU-time clock (robust to a busy neighbour); text reports beside bench.md."""
+    and cProfile on a CPU-time clock (robust to a busy neighbour); text reports in ``opts.profile_dir``."""
     out: dict[str, Any] = {}
     kinds = {"wall": "profile", "cpu": "cpu_profile"}
     for clock in opts.profilers:
@@ -190,7 +219,8 @@ def profile(opts: argparse.Namespace, label: str) -> dict[str, Any]:
             out["wall_skipped"] = "pyinstrument not installed"
             continue
         for mode, stats_only in (("full", False), ("stats", True)):
-            text = opts.out / f"profile_{label}_{clock}_{mode}.txt"
+            opts.profile_dir.mkdir(parents=True, exist_ok=True)
+            text = opts.profile_dir / f"profile_{label}_{clock}_{mode}.txt"
             log(f"profiling align {mode} (N {opts.profile_size}, {clock} clock) -> {text.name}")
             out[f"{clock}_{mode}"] = measure(kinds[clock], {
                 "pair": "gold_yolo-n", "img_size": opts.profile_size, "states": "first", "noise_floor": False,
@@ -198,50 +228,58 @@ def profile(opts: argparse.Namespace, label: str) -> dict[str, Any]:
     return out
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="N at 320 and 640 only, 3 repeats, no cold start")
-    ap.add_argument("--models", default=None, help="comma list of n,s (default n,s; quick: n)")
-    ap.add_argument("--sizes", default=None, help="comma list (default 320,500,640; quick: 320,640)")
-    ap.add_argument("--runs", type=int, default=None, help="timed bare steps (default 5; quick 3)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed bare steps first (default 2)")
-    ap.add_argument("--align-runs", type=int, default=1, help="timed align processes per mode (median taken)")
-    ap.add_argument("--repeats", type=int, default=2,
-                    help="align runs inside each align process (the 2nd+ show the warm, in-process cost)")
-    ap.add_argument("--cold", dest="cold", action="store_true", default=None, help="measure the cold start")
-    ap.add_argument("--no-cold", dest="cold", action="store_false")
-    ap.add_argument("--no-trace", action="store_true", help="skip the trace-size measurement")
-    ap.add_argument("--no-interleaved", action="store_true", help="skip benchmarks/bare_step.py")
-    ap.add_argument("--profile", choices=("none", "before", "after"), default="before",
-                    help="pyinstrument profile label (none: skip)")
-    ap.add_argument("--profile-size", type=int, default=640)
-    ap.add_argument("--profilers", default="wall,cpu", help="comma list: wall (pyinstrument), cpu (cProfile)")
-    ap.add_argument("--max-load", type=float, default=None,
-                    help="before each measurement wait until the 1-min load average is at most this")
-    ap.add_argument("--max-wait", type=float, default=300, help="longest such wait, seconds")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every worker (default: unset, each framework's own default)")
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR)
-    opts = ap.parse_args(argv)
-    opts.models = (opts.models or ("n" if opts.quick else "n,s")).split(",")
-    opts.sizes = [int(s) for s in (opts.sizes or ("320,640" if opts.quick else "320,500,640")).split(",")]
-    opts.runs = opts.runs or (3 if opts.quick else 5)
-    opts.cold = (not opts.quick) if opts.cold is None else opts.cold
-    opts.profilers = [p for p in opts.profilers.split(",") if p]
-    top = max(opts.sizes)
-    # the CLI-default run (2 states + float64 reference) costs several passes: N at the largest size only
-    opts.default_run = lambda model, size: model == "n" and size == top
-    return opts
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.split("\n\n")[0])
+@click.option("--quick", is_flag=True, help="N at 320 and 640 only, 3 repeats, no cold start")
+@click.option("--models", default=None, help="comma list of n,s (default n,s; quick: n)")
+@click.option("--sizes", default=None, help="comma list (default 320,500,640; quick: 320,640)")
+@click.option("--runs", type=int, default=None, help="timed bare steps (default 5; quick 3)")
+@click.option("--warmup", type=int, default=2, show_default=True, help="untimed bare steps first")
+@click.option("--align-runs", type=int, default=1, show_default=True,
+              help="timed align processes per mode (median taken)")
+@click.option("--repeats", type=int, default=2, show_default=True,
+              help="align runs inside each align process (the 2nd+ show the warm, in-process cost)")
+@click.option("--cold/--no-cold", default=None, help="measure the cold start (default: yes unless --quick)")
+@click.option("--no-trace", is_flag=True, help="skip the trace-size measurement")
+@click.option("--no-interleaved", is_flag=True, help="skip benchmarks/bare_step.py")
+@click.option("--profile", "profile_label", type=click.Choice(["none", "before", "after"]), default="none",
+              show_default=True, help="profile the align path under this label (none: skip)")
+@click.option("--profile-size", type=int, default=640, show_default=True)
+@click.option("--profilers", default="wall,cpu", show_default=True,
+              help="comma list: wall (pyinstrument), cpu (cProfile)")
+@click.option("--profile-dir", type=click.Path(file_okay=False, path_type=Path), default=PROFILE_DIR,
+              help="folder of the profiler text reports (default benchmarks/profiles, ignored by git)")
+@click.option("--max-load", type=float, default=None,
+              help="before each measurement wait until the 1-min load average is at most this")
+@click.option("--max-wait", type=float, default=300, show_default=True, help="longest such wait, seconds")
+@click.option("--threads", type=int, default=None,
+              help="OMP_NUM_THREADS for every worker (default: unset, each framework's own default)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
+              help="folder of bench.json and bench.md (default benchmarks/results)")
+def main(quick: bool, models: str | None, sizes: str | None, runs: int | None, warmup: int, align_runs: int,
+         repeats: int, cold: bool | None, no_trace: bool, no_interleaved: bool, profile_label: str,
+         profile_size: int, profilers: str, profile_dir: Path, max_load: float | None, max_wait: float,
+         threads: int | None, out: Path) -> None:
+    size_list = tuple(int(x) for x in (sizes or ("320,640" if quick else "320,500,640")).split(","))
+    top = max(size_list)
+    opts = Options(
+        quick=quick, models=tuple((models or ("n" if quick else "n,s")).split(",")), sizes=size_list,
+        runs=runs or (3 if quick else 5), warmup=warmup, align_runs=align_runs, repeats=repeats,
+        cold=(not quick) if cold is None else cold, no_trace=no_trace, no_interleaved=no_interleaved,
+        profile=profile_label, profile_size=profile_size, profilers=tuple(p for p in profilers.split(",") if p),
+        profile_dir=profile_dir, max_load=max_load, max_wait=max_wait, threads=threads, out=out,
+        # the CLI-default run (2 states + float64 reference) costs several passes: N at the largest size only
+        default_run=lambda model, size: model == "n" and size == top)
+    run_benchmark(opts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse(argv)
+def run_benchmark(opts: Options) -> dict[str, Any]:
+    """Every measurement of ``opts``; writes bench.json and bench.md under ``opts.out`` and returns the document."""
     opts.out.mkdir(parents=True, exist_ok=True)
     if opts.threads:  # inherited by every worker; both frameworks' OpenMP pools read it
         os.environ["OMP_NUM_THREADS"] = str(opts.threads)
     started = _dt.datetime.now(_dt.timezone.utc)
     doc: dict[str, Any] = {"schema": 1, "created": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
-                           "options": {"quick": opts.quick, "models": opts.models, "sizes": opts.sizes,
+                           "options": {"quick": opts.quick, "models": list(opts.models), "sizes": list(opts.sizes),
                                        "runs": opts.runs, "warmup": opts.warmup, "align_runs": opts.align_runs,
                                        "repeats": opts.repeats,
                                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -267,14 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     doc["total_s"] = round(time.perf_counter() - t0, 1)
     _write(doc, rows, opts, partial=False)
     log(f"wrote {opts.out / 'bench.md'} and bench.json in {doc['total_s']} s")
-    return 0
+    return doc
 
 
-def _write(doc: dict[str, Any], rows: list[dict[str, Any]], opts: argparse.Namespace, partial: bool) -> None:
+def _write(doc: dict[str, Any], rows: list[dict[str, Any]], opts: Options, partial: bool) -> None:
     doc = {**doc, "rows": rows, "partial": partial}
-    (opts.out / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (opts.out / "bench.md").write_text(render(doc))
+    # the committed tables name no machine's home folder (the Jittor cache path lies under it)
+    home = str(Path.home()) + "/"
+    (opts.out / "bench.json").write_text(json.dumps(doc, indent=1).replace(home, "~/") + "\n")
+    (opts.out / "bench.md").write_text(render(doc).replace(home, "~/"))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

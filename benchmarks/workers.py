@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 RESULT_PREFIX = "BENCH_RESULT "
-# The configuration of the golden data (../shared/golden/gold_yolo_n_nc20_dfl_500): 20 classes, DFL with
+# The configuration of the golden data (gold_yolo_n_nc20_dfl_500): 20 classes, DFL with
 # reg_max 16, drop_path 0 (deterministic train mode), TAL assigner from epoch 0.
 NUM_CLASSES = 20
 MODEL_OPTIONS: dict[str, Any] = {"num_classes": NUM_CLASSES, "use_dfl": True, "reg_max": 16, "drop_path_rate": 0.0}
@@ -111,7 +111,7 @@ def bare_torch(args: dict[str, Any]) -> dict[str, Any]:
 def bare_jittor(args: dict[str, Any]) -> dict[str, Any]:
     """The port's step: forward, loss, jt.grad over the trainable Vars, sync (no optimizer step)."""
     t0 = time.perf_counter()
-    import aligner.env  # noqa: F401, PLC0415 - before jittor: nvcc_path, oneDNN
+    import jittor_impl.env  # noqa: F401, PLC0415 - before jittor: nvcc_path, oneDNN
     import jittor as jt  # noqa: PLC0415
     from jittor_impl import build_loss, build_model, load_torch_state_dict  # noqa: PLC0415
     t_import = time.perf_counter() - t0
@@ -263,7 +263,7 @@ def cold(args: dict[str, Any]) -> dict[str, Any]:
     if not name.startswith("bench_cold_"):
         raise SystemExit("cold: refusing to run without cache_name=bench_cold_<id> (it must not touch the user's cache)")
     t0 = time.perf_counter()
-    import aligner.env  # noqa: F401, PLC0415
+    import jittor_impl.env  # noqa: F401, PLC0415 - before jittor
     import jittor as jt  # noqa: PLC0415
     t_core = time.perf_counter() - t0
     cache_path = str(jt.flags.cache_path)
@@ -316,12 +316,19 @@ def cpu_profile(args: dict[str, Any]) -> dict[str, Any]:
             "top_total": [[k, round(c, 3)] for k, _, c in total], **peak_memory_mb()}
 
 
+# where a profiled file lives is cut down to the part after one of these (the checkout, whatever its path)
+_PATH_MARKERS = ("site-packages/", str(Path(__file__).resolve().parents[1]) + "/", "python3.11/")
+
+
+def _relative(path: str) -> str:
+    """``path`` without the prefix up to the first marker it contains (unchanged when none)."""
+    marker = next((m for m in _PATH_MARKERS if m in path), None)
+    return path.split(marker, 1)[1] if marker else path
+
+
 def _short(key: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "python3.11/"):
-        if marker in key:
-            head, _, tail = key.partition("(")
-            return head + "(" + tail.split(marker, 1)[1]
-    return key
+    head, _, tail = key.partition("(")
+    return head + "(" + _relative(tail) if tail else key
 
 
 def _outer(key: str) -> bool:
@@ -332,11 +339,7 @@ def _outer(key: str) -> bool:
 
 
 def _frame_key(f: Any) -> str:
-    path = f.file_path or ""
-    for marker in ("site-packages/", "/work/main/", "python3.11/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-    return f"{f.function} ({path}:{f.line_no})"
+    return f"{f.function} ({_relative(f.file_path or '')}:{f.line_no})"
 
 
 def _aggregate(root: Any) -> tuple[dict[str, float], dict[str, float]]:

@@ -1,7 +1,7 @@
 """Anchor points and box <-> distance transforms (Jittor mirror of reference_torch/anchors.py).
 
 Official sources: ``yolov6/assigners/anchor_generator.py: generate_anchors`` and
-``yolov6/utils/general.py: dist2bbox, bbox2dist``. Spec: ../shared/spec/gold-yolo.md §4.
+``yolov6/utils/general.py: dist2bbox, bbox2dist``. Notes: docs/gold-yolo-notes.md, "Anchors".
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 
 

@@ -1,5 +1,5 @@
 """Label assigners of the official loss: `TaskAlignedAssigner` (TAL, formal) and `ATSSAssigner` (warm-up),
-with the helpers of `yolov6/assigners/assigner_utils.py` (Jittor mirror of reference_torch/assigners.py).
+with the utility functions of `yolov6/assigners/assigner_utils.py` (Jittor mirror of reference_torch/assigners.py).
 
 Dtypes follow the source: GT tensors arrive as float64 (built through numpy in `ComputeLoss.preprocess`),
 predictions as the model dtype, so IoUs, masks and target scores end up float64 in TAL.
@@ -13,7 +13,7 @@ only (NaN largest). It equals torch.topk index for index, order included, on tie
 """
 from __future__ import annotations
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
@@ -117,12 +117,8 @@ class TaskAlignedAssigner(nn.Module):
     def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0,
                  eps: float = 1e-9) -> None:
         super().__init__()
-        self.topk = topk
-        self.num_classes = num_classes
-        self.bg_idx = num_classes
-        self.alpha = alpha
-        self.beta = beta
-        self.eps = eps
+        self.topk, self.num_classes, self.bg_idx = topk, num_classes, num_classes
+        self.alpha, self.beta, self.eps = alpha, beta, eps
 
     def execute(self, pd_scores: jt.Var, pd_bboxes: jt.Var, anc_points: jt.Var, gt_labels: jt.Var,
                 gt_bboxes: jt.Var, mask_gt: jt.Var) -> tuple[jt.Var, jt.Var, jt.Var, jt.Var]:

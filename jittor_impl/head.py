@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 

@@ -4,7 +4,7 @@
 * `iou2d_calculator` / `bbox_overlaps` — `yolov6/assigners/iou2d_calculator.py` (mmdet copy, used by ATSS).
 * `iou_calculator` — `yolov6/assigners/assigner_utils.py` (batched GT x prediction IoU, used by TAL and ATSS).
 
-Two Jittor/torch differences are handled explicitly (jittor-notes §4):
+Two Jittor/torch differences are handled explicitly (docs/jittor-notes.md, "Numerics against PyTorch"):
 * a Python float is a float32 constant even next to a float64 tensor, so constants go through :func:`const`;
 * a float32 x float64 op gives float64 in both, but Jittor then also hands a float64 gradient to the float32
   input (and everything upstream of it back-propagates in float64), where torch casts the gradient back to
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 
 

@@ -2,7 +2,7 @@
 
 Module and attribute names are the official ones: they define the state_dict keys. Besides the blocks, this
 file holds the torch-semantics primitives that Jittor 1.3.11 lacks or gets wrong (see
-../shared/spec/jittor-notes.md):
+docs/jittor-notes.md, "Numerics against PyTorch"):
 
 * `BatchNorm2d` / `SyncBatchNorm2d`: torch's batch norm (two-pass variance, unbiased running_var, torch's
   momentum formula, constants in the input's precision). Jittor's own BatchNorm uses E[x^2]-E[x]^2 in the input
@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn, pool
 
@@ -183,57 +183,46 @@ class MaxPool2d(nn.Module):
         return pool.max_pool2d(padded, k, stride=s, padding=0)
 
 
-class Conv(nn.Module):
+class _ConvBNAct(nn.Module):
+    """Conv2d -> BatchNorm2d -> ``act_type`` (padding ``kernel_size // 2`` unless given): the body that yolov6's
+    `Conv` and `SimConv` and gold_yolo's `Conv` share. They stay separate types, as in the official code, because
+    `fuse_model` and `initialize_weights` test exact types."""
+
+    act_type: type = nn.SiLU
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
+                 bias: bool = False, padding: int | None = None) -> None:
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
+                              padding=padding, groups=groups, bias=bias)
+        self.bn = BatchNorm2d(out_channels)
+        self.act = self.act_type()
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        if not hasattr(self, "bn"):  # after fuse_model
+            return self.act(self.conv(x))
+        return self.act(self.bn(self.conv(x)))
+
+
+class Conv(_ConvBNAct):
     """`yolov6.layers.common.Conv`: Conv2d -> BatchNorm2d -> SiLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
-                 bias: bool = False) -> None:
-        padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=padding, groups=groups, bias=bias)
-        self.bn = BatchNorm2d(out_channels)
-        self.act = nn.SiLU()
-
-    def execute(self, x: jt.Var) -> jt.Var:
-        if not hasattr(self, "bn"):  # after fuse_model
-            return self.act(self.conv(x))
-        return self.act(self.bn(self.conv(x)))
+    act_type = nn.SiLU
 
 
-class SimConv(nn.Module):
+class SimConv(_ConvBNAct):
     """`yolov6.layers.common.SimConv`: Conv2d -> BatchNorm2d -> ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
-                 bias: bool = False) -> None:
-        padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=padding, groups=groups, bias=bias)
-        self.bn = BatchNorm2d(out_channels)
-        self.act = nn.ReLU()
-
-    def execute(self, x: jt.Var) -> jt.Var:
-        if not hasattr(self, "bn"):  # after fuse_model
-            return self.act(self.conv(x))
-        return self.act(self.bn(self.conv(x)))
+    act_type = nn.ReLU
 
 
-class GoldConv(nn.Module):
+class GoldConv(_ConvBNAct):
     """`gold_yolo.layers.Conv` (used by `low_IFM`): identical to `Conv` but a different Python type.
 
     # faithful: fuse_model only fuses yolov6 Conv/SimConv/Conv_C3, so this class stays unfused in deploy form
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
-                 bias: bool = False, padding: int | None = None) -> None:
-        if padding is None:
-            padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=padding, groups=groups, bias=bias)
-        self.bn = BatchNorm2d(out_channels)
-        self.act = nn.SiLU()
-
-    def execute(self, x: jt.Var) -> jt.Var:
-        return self.act(self.bn(self.conv(x)))
+    act_type = nn.SiLU
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,

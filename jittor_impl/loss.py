@@ -3,7 +3,7 @@ assigner (ATSS during warm-up epochs). Jittor mirror of reference_torch/loss.py.
 
 Precision follows the source: `preprocess` builds the targets through numpy as float64, so GT boxes, IoUs,
 target scores, the VFL weight and the total loss are float64 even when the model runs in float32; the BCE inside
-VFL is float32. Jittor differs from torch in ways this file works around explicitly (jittor-notes §4):
+VFL is float32. Jittor differs from torch in ways this file works around explicitly (docs/jittor-notes.md, "Numerics against PyTorch"):
 `jt.array(float64 ndarray)` is float32 unless the dtype is given, Python scalars are float32 constants,
 int64 x float32 promotes to float64, a float32 x float64 op hands a float64 gradient to its float32 input (`iou.up`
 casts explicitly, as torch does), float32 sums are sequential (see `total_sum`), and `nn.bce_loss` clamps p at
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
@@ -26,7 +26,7 @@ from .iou import IOUloss, const, result_dtype, up
 __all__ = ["VarifocalLoss", "BboxLoss", "ComputeLoss", "build_loss", "binary_cross_entropy"]
 
 # torch's CPU binary_cross_entropy forward and backward kernels (ATen/native/Loss.cpp), elementwise, verbatim.
-# Jittor compiles its kernels with -Ofast (FMA contraction, reassociation, vector math); these two helpers are
+# Jittor compiles its kernels with -Ofast (FMA contraction, reassociation, vector math); these two functions are
 # compiled without fast-math so that every float32 operation rounds exactly as in torch (bit-identical, tested).
 _BCE_HEADER = r"""
 #include <algorithm>

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
@@ -43,7 +43,7 @@ def _bilinear_taps(size_in: int, size_out: int, dtype: type) -> tuple[np.ndarray
     """Source indices and weights of torch's bilinear resize (align_corners=False), in the map's own dtype.
 
     torch (aten/src/ATen/native/UpSample.h) computes `src = (dst + 0.5) * in/out - 0.5`, clamped at 0, in the
-    map's precision; Jittor's `nn.interpolate` does it in float32 even for float64 maps (jittor-notes §8), which
+    map's precision; Jittor's `nn.interpolate` does it in float32 even for float64 maps (docs/jittor-notes.md), which
     was a 1e-6 error in float64 runs.
     """
     scale = dtype(size_in) / dtype(size_out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-import aligner.env  # noqa: F401  (must precede the jittor import)
+import jittor_impl.env  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)

@@ -1,5 +1,5 @@
 """Label assigners of the official loss: `TaskAlignedAssigner` (TAL, formal) and `ATSSAssigner` (warm-up),
-with the helpers of `yolov6/assigners/assigner_utils.py`.
+with the utility functions of `yolov6/assigners/assigner_utils.py`.
 
 Dtypes follow the source: GT tensors arrive as float64 (built through numpy in `ComputeLoss.preprocess`),
 predictions as the model dtype, so IoUs, masks and target scores end up float64 in TAL.
@@ -63,12 +63,8 @@ class TaskAlignedAssigner(nn.Module):
     def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0,
                  eps: float = 1e-9) -> None:
         super().__init__()
-        self.topk = topk
-        self.num_classes = num_classes
-        self.bg_idx = num_classes
-        self.alpha = alpha
-        self.beta = beta
-        self.eps = eps
+        self.topk, self.num_classes, self.bg_idx = topk, num_classes, num_classes
+        self.alpha, self.beta, self.eps = alpha, beta, eps
 
     @torch.no_grad()
     def forward(self, pd_scores: Tensor, pd_bboxes: Tensor, anc_points: Tensor, gt_labels: Tensor,

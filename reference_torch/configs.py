@@ -73,46 +73,37 @@ _OUTS = (64, 128, 256, 512, 1024)
 _NECK_REPEATS = (12, 12, 12, 12)
 _NECK_OUTS = (256, 128, 128, 256, 256, 512)
 
-VARIANTS: dict[str, GoldYOLOConfig] = {
-    "gold_yolo-n": GoldYOLOConfig(
-        name="gold_yolo-n", depth_multiple=0.33, width_multiple=0.25,
-        backbone_type="EfficientRep", backbone_num_repeats=_REPEATS, backbone_out_channels=_OUTS,
-        fuse_P2=True, cspsppf=True, backbone_csp_e=0.5,
-        neck_type="RepGDNeck", neck_num_repeats=_NECK_REPEATS, neck_out_channels=_NECK_OUTS, neck_csp_e=0.5,
-        extra_cfg=NeckExtraCfg(depths=2, fusion_in=480, fuse_block_num=3, embed_dim_p=96, embed_dim_n=352,
-                               key_dim=8, num_heads=4, mlp_ratios=1, attn_ratios=2, c2t_stride=2,
-                               drop_path_rate=0.1, trans_channels=(64, 32, 64, 128)),
-        training_mode="repvgg", iou_type="siou", use_dfl=False, reg_max=0, lr0=0.02),
-    "gold_yolo-s": GoldYOLOConfig(
-        name="gold_yolo-s", depth_multiple=0.33, width_multiple=0.50,
-        backbone_type="EfficientRep", backbone_num_repeats=_REPEATS, backbone_out_channels=_OUTS,
-        fuse_P2=True, cspsppf=True, backbone_csp_e=0.5,
-        neck_type="RepGDNeck", neck_num_repeats=_NECK_REPEATS, neck_out_channels=_NECK_OUTS, neck_csp_e=0.5,
-        extra_cfg=NeckExtraCfg(depths=2, fusion_in=960, fuse_block_num=3, embed_dim_p=128, embed_dim_n=704,
-                               key_dim=8, num_heads=4, mlp_ratios=1, attn_ratios=2, c2t_stride=2,
-                               drop_path_rate=0.1, trans_channels=(128, 64, 128, 256)),
-        training_mode="repvgg", iou_type="giou", use_dfl=True, reg_max=16),
-    "gold_yolo-m": GoldYOLOConfig(
-        name="gold_yolo-m", depth_multiple=0.60, width_multiple=0.75,
-        backbone_type="CSPBepBackbone", backbone_num_repeats=_REPEATS, backbone_out_channels=_OUTS,
-        fuse_P2=True, cspsppf=False, backbone_csp_e=float(2) / 3,
-        neck_type="GDNeck", neck_num_repeats=_NECK_REPEATS, neck_out_channels=_NECK_OUTS,
-        neck_csp_e=float(2) / 3,
-        extra_cfg=NeckExtraCfg(depths=2, fusion_in=1440, fuse_block_num=3, embed_dim_p=192, embed_dim_n=1056,
-                               key_dim=8, num_heads=4, mlp_ratios=1, attn_ratios=2, c2t_stride=2,
-                               drop_path_rate=0.1, trans_channels=(192, 96, 192, 384)),
-        training_mode="repvgg", iou_type="giou", use_dfl=True, reg_max=16),
-    "gold_yolo-l": GoldYOLOConfig(
-        name="gold_yolo-l", depth_multiple=1.0, width_multiple=1.0,
-        backbone_type="CSPBepBackbone", backbone_num_repeats=_REPEATS, backbone_out_channels=_OUTS,
-        fuse_P2=True, cspsppf=False, backbone_csp_e=float(1) / 2,
-        neck_type="GDNeck2", neck_num_repeats=_NECK_REPEATS, neck_out_channels=_NECK_OUTS,
-        neck_csp_e=float(1) / 2,
-        extra_cfg=NeckExtraCfg(depths=3, fusion_in=1920, fuse_block_num=3, embed_dim_p=192, embed_dim_n=1408,
-                               key_dim=8, num_heads=8, mlp_ratios=1, attn_ratios=2, c2t_stride=2,
-                               drop_path_rate=0.1, trans_channels=(256, 128, 256, 512)),
-        training_mode="conv_silu", iou_type="giou", use_dfl=True, reg_max=16),
-}
+
+def _variant(name: str, depth: float, width: float, backbone: str, neck: str, cspsppf: bool, csp_e: float,
+             neck_widths: tuple[int, int, int, tuple[int, int, int, int]], depths: int = 2, num_heads: int = 4,
+             **fields: object) -> GoldYOLOConfig:
+    """One shipped config from what differs between N/S/M/L; every other value is common to the four.
+
+    ``neck_widths`` = (fusion_in, embed_dim_p, embed_dim_n, trans_channels) of ``extra_cfg``; ``fields``
+    override the remaining `GoldYOLOConfig` defaults (training mode, loss settings, solver).
+    """
+    fusion_in, embed_dim_p, embed_dim_n, trans_channels = neck_widths
+    extra = NeckExtraCfg(depths=depths, fusion_in=fusion_in, fuse_block_num=3, embed_dim_p=embed_dim_p,
+                         embed_dim_n=embed_dim_n, key_dim=8, num_heads=num_heads, mlp_ratios=1, attn_ratios=2,
+                         c2t_stride=2, drop_path_rate=0.1, trans_channels=trans_channels)
+    settings: dict[str, object] = {"training_mode": "repvgg", "iou_type": "giou", "use_dfl": True, "reg_max": 16,
+                                   **fields}
+    return GoldYOLOConfig(name=name, depth_multiple=depth, width_multiple=width, backbone_type=backbone,
+                          backbone_num_repeats=_REPEATS, backbone_out_channels=_OUTS, fuse_P2=True, cspsppf=cspsppf,
+                          backbone_csp_e=csp_e, neck_type=neck, neck_num_repeats=_NECK_REPEATS,
+                          neck_out_channels=_NECK_OUTS, neck_csp_e=csp_e, extra_cfg=extra,
+                          **settings)  # type: ignore[arg-type]
+
+
+# one row per size: depth/width multiples, backbone and neck types, cspsppf, csp_e, neck widths, then the rest
+VARIANTS: dict[str, GoldYOLOConfig] = {cfg.name: cfg for cfg in (
+    _variant("gold_yolo-n", 0.33, 0.25, "EfficientRep", "RepGDNeck", True, 0.5, (480, 96, 352, (64, 32, 64, 128)),
+             iou_type="siou", use_dfl=False, reg_max=0, lr0=0.02),
+    _variant("gold_yolo-s", 0.33, 0.50, "EfficientRep", "RepGDNeck", True, 0.5, (960, 128, 704, (128, 64, 128, 256))),
+    _variant("gold_yolo-m", 0.60, 0.75, "CSPBepBackbone", "GDNeck", False, 2 / 3, (1440, 192, 1056, (192, 96, 192, 384))),
+    _variant("gold_yolo-l", 1.0, 1.0, "CSPBepBackbone", "GDNeck2", False, 1 / 2, (1920, 192, 1408, (256, 128, 256, 512)),
+             depths=3, num_heads=8, training_mode="conv_silu"),
+)}
 
 
 def make_divisible(x: float, divisor: int) -> int:

@@ -25,60 +25,47 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum)
 
 
-class Conv(nn.Module):
+class _ConvBNAct(nn.Module):
+    """Conv2d -> BatchNorm2d -> ``act_type`` (padding ``kernel_size // 2`` unless given): the body that yolov6's
+    `Conv` and `SimConv` and gold_yolo's `Conv` share. They stay separate types, as in the official code, because
+    `fuse_model` and `initialize_weights` test exact types."""
+
+    act_type: type[nn.Module] = nn.SiLU
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
+                 bias: bool = False, padding: int | None = None) -> None:
+        super().__init__()
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
+                              padding=padding, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = self.act_type()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not hasattr(self, "bn"):  # after fuse_model
+            return self.act(self.conv(x))
+        return self.act(self.bn(self.conv(x)))
+
+
+class Conv(_ConvBNAct):
     """`yolov6.layers.common.Conv`: Conv2d -> BatchNorm2d -> SiLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
-                 bias: bool = False) -> None:
-        super().__init__()
-        padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=padding, groups=groups, bias=bias)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.SiLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not hasattr(self, "bn"):  # after fuse_model
-            return self.act(self.conv(x))
-        return self.act(self.bn(self.conv(x)))
+    act_type = nn.SiLU
 
 
-class SimConv(nn.Module):
+class SimConv(_ConvBNAct):
     """`yolov6.layers.common.SimConv`: Conv2d -> BatchNorm2d -> ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
-                 bias: bool = False) -> None:
-        super().__init__()
-        padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=padding, groups=groups, bias=bias)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not hasattr(self, "bn"):  # after fuse_model
-            return self.act(self.conv(x))
-        return self.act(self.bn(self.conv(x)))
+    act_type = nn.ReLU
 
 
-class GoldConv(nn.Module):
+class GoldConv(_ConvBNAct):
     """`gold_yolo.layers.Conv` (used by `low_IFM`): identical to `Conv` but a different Python type.
 
     # faithful: fuse_model only fuses yolov6 Conv/SimConv/Conv_C3, so this class stays unfused in deploy form
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
-                 bias: bool = False, padding: int | None = None) -> None:
-        super().__init__()
-        if padding is None:
-            padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=padding, groups=groups, bias=bias)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.SiLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
+    act_type = nn.SiLU
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,

@@ -52,13 +52,8 @@ class Conv2d_BN(nn.Sequential):
     def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, dilation: int = 1,
                  groups: int = 1, bn_weight_init: float = 1.0) -> None:
         super().__init__()
-        self.inp_channel = a
-        self.out_channel = b
-        self.ks = ks
-        self.pad = pad
-        self.stride = stride
-        self.dilation = dilation
-        self.groups = groups
+        self.inp_channel, self.out_channel, self.ks, self.pad = a, b, ks, pad
+        self.stride, self.dilation, self.groups = stride, dilation, groups
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, dilation, groups, bias=False))
         bn = SyncBatchNorm2d(b)
         nn.init.constant_(bn.weight, bn_weight_init)

@@ -22,7 +22,7 @@ fingerprint() {
 jittor_ready() {
     # A stale kernel cache makes Jittor print "please rerun your command" and exit 0: treat as not ready.
     local out
-    out="$("$PY" -c 'import aligner.env, jittor; print("JITTOR_OK")' 2>&1)" || return 1
+    out="$("$PY" -c 'import jittor_impl.env, jittor; print("JITTOR_OK")' 2>&1)" || return 1
     [[ "$out" == *JITTOR_OK* && "$out" != *"please rerun"* ]]
 }
 
@@ -69,23 +69,23 @@ if [[ ! -x "$PY" ]]; then
     say "creating .venv with $PYTHON"
     "$PYTHON" -m venv "$VENV"
 fi
-say "installing the package and its pinned dependencies into .venv (torch, jittor, numpy<2, ...)"
+say "installing the package, both frameworks and the test tools into .venv (torch, jittor, numpy<2, ...)"
 "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-"$PY" -m pip install -q -e '.[dev]' 2>&1 | grep -v -e "is ignored" -e "^$" || true
-"$PY" -c 'import torch, jittor_utils, numpy, pandas, jinja2, click' \
+"$PY" -m pip install -q -e '.[torch,jittor,dev]' 2>&1 | grep -v -e "is ignored" -e "^$" || true
+"$PY" -c 'import torch, jittor_utils, numpy, jinja2, click' \
     || { echo "[setup] ERROR: the Python packages did not install (see pip output above)" >&2; exit 2; }
 
 # 3. Link oneDNN where Jittor looks for it, then compile Jittor's core (minutes on first run).
-"$PY" -c 'import aligner.env as e, sys; sys.exit(0 if e.link_system_onednn() else 1)' \
+"$PY" -c 'import jittor_impl.env as e, sys; sys.exit(0 if e.link_system_onednn() else 1)' \
     || warn "oneDNN not linked: Jittor falls back to use_mkl=0 (convolutions ~50x slower)."
 say "warming up Jittor (the first time compiles its core: about 2-3 minutes on 2 cores)"
 for attempt in 1 2 3; do
     if jittor_ready; then break; fi
     say "Jittor asked for a rerun or failed (attempt $attempt); retrying"
     # Show the compile progress on the retry so a long wait is visible.
-    "$PY" -c 'import aligner.env, jittor' || true
+    "$PY" -c 'import jittor_impl.env, jittor' || true
     if [[ $attempt == 3 ]]; then
-        echo "[setup] ERROR: Jittor does not import; run '$PY -c \"import aligner.env, jittor\"' to see why" >&2
+        echo "[setup] ERROR: Jittor does not import; run '$PY -c \"import jittor_impl.env, jittor\"' to see why" >&2
         exit 2
     fi
 done

@@ -41,6 +41,38 @@ def norm_rel(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - ref) / np.linalg.norm(np.asarray(ref, np.float64)))
 
 
+def check_pert64_loss(loss: float, items: Any, gold: Any, manifest: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """The float64 perturbed step's loss and loss items against the golden ones (<= 1e-6 relative; measured
+    1.8e-16 for the reference). Returns the 365 gradient names the golden data stores and those of them its
+    manifest calls mathematically zero."""
+    assert scalar_rel(loss, gold["pert64/loss/total"]) <= 1e-6
+    for got, ref in zip(items, gold["pert64/loss/items"]):
+        assert scalar_rel(got, ref) <= 1e-6
+    stored = [k[len("pert64/grad/"):] for k in gold.files if k.startswith("pert64/grad/")]
+    assert len(stored) == 365
+    return stored, set(manifest["grad_pert_accuracy"]["mathematically_zero"]["names"])
+
+
+def check_float64_gradnorms(norms: dict[str, float], data: Any, float32_vs_float64: dict[str, Any]) -> list[float]:
+    """Float64 gradient norms against the golden ones (``f64/gradnorm/*``), class by class as the manifest's
+    ``float32_vs_float64`` section sorts them: exactly zero in both; mathematically zero (the manifest's own
+    criterion: float64 norm < 1e-6 x the float32 norm); every other one within 1e-6 relative. Returns the
+    relative errors of the last class."""
+    exact_zero = set(float32_vs_float64["exactly_zero_gradients"]["names"])
+    math_zero = set(float32_vs_float64["mathematically_zero"]["names"])
+    rels = []
+    for name, got in norms.items():
+        ref = float(data[f"f64/gradnorm/{name}"])
+        if name in exact_zero:
+            assert got == 0.0 and ref == 0.0, name
+        elif name in math_zero:
+            assert got < 1e-6 * float(data[f"gradnorm/{name}"]), name
+        else:
+            rels.append(scalar_rel(got, ref))
+            assert rels[-1] <= 1e-6, (name, rels[-1])
+    return rels
+
+
 def max_rel(a: np.ndarray | torch.Tensor, ref: np.ndarray) -> float:
     """max|a - ref| / max|ref| (the golden READMEs' measure)."""
     if isinstance(a, torch.Tensor):

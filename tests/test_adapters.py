@@ -166,19 +166,15 @@ def test_buffers_recorded_after_the_train_mode_forward(pair, adapters, weights):
 
 
 def test_outputs_made_without_a_graph_are_recorded(pair, adapters, weights):
+    from aligner.adapters.jittor_adapter import restore_class_attrs, saved_class_attrs
     from aligner.pairs._small_jittor import Attn
-    saved = {a: Attn.__dict__.get(a) for a in ("__call__", "__hooked_call__", "__hooked__")}
+    saved = saved_class_attrs(Attn, ("__call__", "__hooked_call__", "__hooked__"))
     jm = _jittor_model(pair, adapters, weights)
     try:
         jm.attn.requires_grad_(False)  # the torch idiom "freeze this block": Jittor runs it under no_grad
         trace = _capture(adapters[1], pair, jm, "jittor")
     finally:  # requires_grad_ swaps Attn.__call__ for the hooked one, for every instance
-        for a, v in saved.items():
-            if v is None:
-                if a in Attn.__dict__:
-                    delattr(Attn, a)
-            else:
-                setattr(Attn, a, v)
+        restore_class_attrs(Attn, saved)
     rg = {c.module: c.requires_grad for c in trace.calls}
     assert rg["attn"] is False and rg["attn.qkv"] is False and rg["attn.proj"] is False
     assert rg["down"] is True and rg["stem"] is True and rg["cls_pred"] is True

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from aligner.compare import StateTraces
+from aligner.analysis_records import StateTraces
 from aligner.records import FindingType as T, Severity
 
 STATES = ["init", "perturbed"]
@@ -52,8 +52,9 @@ def test_correct_port_passes(correct_traces):
 
 @pytest.mark.parametrize("fault", ["detach", "numpy"])
 def test_graph_break_after_attn(fault):
-    from aligner.api import run_pair
-    r = run_pair("small", jittor_options={"fault": fault})
+    from aligner.api import Port, run
+    from aligner.pairs import get_pair
+    r = run(get_pair("small"), port=Port(options={"fault": fault}))
     assert r.verdict == "fail"
     fd = r.first_divergence
     # the break sits in SmallNet.execute between attn and shared: the top-level model's own forward
@@ -68,8 +69,9 @@ def test_graph_break_after_attn(fault):
 
 
 def test_wrong_bn_eps():
-    from aligner.api import run_pair
-    r = run_pair("small", jittor_options={"fault": "bn_eps"})
+    from aligner.api import Port, run
+    from aligner.pairs import get_pair
+    r = run(get_pair("small"), port=Port(options={"fault": "bn_eps"}))
     fd = r.first_divergence
     assert (fd.direction, fd.location) == ("forward", "down.bn")
     mm = r.by_type(T.MODE_MISMATCH)
@@ -80,12 +82,12 @@ def test_wrong_bn_eps():
 
 
 def test_eval_before_gradient_pass():
-    from aligner.api import run_pair
+    from aligner.api import Port, RunConfig, run
     from aligner.pairs import get_pair
     p = get_pair("small")
     model = p.build_jittor()
     model.eval()          # the torch idiom to kill dropout: in Jittor it stop_grads every parameter
-    r = run_pair(p, jittor_model=model, noise_floor=False)
+    r = run(p, RunConfig(noise_floor=False), port=Port(model=model))
     assert r.verdict == "fail"
     first = r.findings[0]
     assert first.type == T.FROZEN_PARAMETER and first.location == ""
@@ -95,10 +97,11 @@ def test_eval_before_gradient_pass():
 
 def test_trace_captured_in_other_processes_diffs_identically(correct_traces, tmp_path):
     from aligner.api import diff
-    from aligner.capture import capture_pair, capture_subprocess
+    from _subprocess import capture_in_subprocess
+    from aligner.capture import capture_pair
     a, b, c = tmp_path / "torch", tmp_path / "jittor", tmp_path / "torch64"
     capture_pair("small", "torch", a, states=STATES)
-    capture_subprocess("small", "jittor", b, states=STATES, weights_from=str(a))
+    capture_in_subprocess("small", "jittor", b, states=STATES, weights_from=a)
     capture_pair("small", "torch", c, states=STATES, dtype="float64")
     via_files = diff(a, b, reference64=c).to_dict()
     in_process = analyze_traces(*correct_traces).to_dict()
@@ -108,8 +111,9 @@ def test_trace_captured_in_other_processes_diffs_identically(correct_traces, tmp
 
 
 def test_stats_only_still_localises_a_graph_break():
-    from aligner.api import run_pair
-    r = run_pair("small", stats_only=True, jittor_options={"fault": "detach"})
+    from aligner.api import Port, RunConfig, run
+    from aligner.pairs import get_pair
+    r = run(get_pair("small"), RunConfig(stats_only=True), port=Port(options={"fault": "detach"}))
     assert all(x.metrics.stats_only for x in r.rows)
     fd = r.first_divergence
     assert (fd.direction, fd.location, fd.torch_name) == ("backward", "", "attn")

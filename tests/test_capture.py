@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _subprocess import capture_in_subprocess
 from aligner.records import GradStatus, ParamKind
 
 # float32 bounds, relative to max|torch|. Measured on this pair: forward <= 9.1e-5 (train-mode BN after the
@@ -76,7 +77,7 @@ def test_init_gradient_pattern_same(both):
 
 
 def test_fresh_init_recorded_before_the_transfer(both):
-    from aligner.initcheck import init_findings
+    from aligner.rules.init import init_findings
     _, T, J = both
     ti, ji = T["init"].meta["init"], J["init"].meta["init"]
     det = set(ti["deterministic"])  # identical in a second torch build under another seed
@@ -141,11 +142,11 @@ def test_multi_step_drift_small():
 
 
 def test_subprocess_traces_equal_in_process(tmp_path):
-    from aligner.capture import capture_in_process, capture_subprocess, torch_weights
+    from aligner.capture import capture_in_process, torch_weights
     from aligner.pairs import get_pair
     from aligner.trace_io import read_trace_set
-    capture_subprocess("small", "torch", tmp_path / "torch", timeout=600)
-    capture_subprocess("small", "jittor", tmp_path / "jittor", weights_from=str(tmp_path / "torch"), timeout=600)
+    capture_in_subprocess("small", "torch", tmp_path / "torch")
+    capture_in_subprocess("small", "jittor", tmp_path / "jittor", weights_from=tmp_path / "torch")
     T, J = read_trace_set(tmp_path / "torch"), read_trace_set(tmp_path / "jittor")
     pair = get_pair("small")
     Ti = capture_in_process(pair, "torch")

@@ -59,7 +59,7 @@ def test_anchors_500() -> None:
     r = CliRunner().invoke(cli, ["anchors", "--img-size", "500"])
     assert r.exit_code == 0
     lines = r.output.splitlines()
-    # gold-yolo.md §4: 63x63 + 32x32 + 16x16 = 3969 + 1024 + 256 = 5249 at 500 px
+    # docs/gold-yolo-notes.md, "Anchors": 63x63 + 32x32 + 16x16 = 3969 + 1024 + 256 = 5249 at 500 px
     assert any("63 x 63" in ln and ln.split()[-1] == "3969" for ln in lines)
     assert any("32 x 32" in ln and ln.split()[-1] == "1024" for ln in lines)
     assert any("16 x 16" in ln and ln.split()[-1] == "256" for ln in lines)
@@ -100,10 +100,11 @@ def test_run_writes_outputs_and_maps_verdict(monkeypatch: pytest.MonkeyPatch, tm
                                  "--seed", "0", "--out", str(out), "--dtype", "float64", "--steps", "2",
                                  "--fixlog", str(tmp_path / "fx")])
     assert r.exit_code == code, r.output
+    assert callable(calls[0].pop("progress"))  # progress lines also when not on a terminal (CI logs)
     assert calls == [{"model": "gold_yolo-n", "num_classes": 20, "img_size": 500, "seed": 0, "dtype": "float64",
-                      "stats_only": False, "steps": 2, "states": None, "noise_floor": True,
-                      "progress": None}]  # not a terminal: no progress lines
-    assert {p.name for p in out.iterdir()} == {"index.html", "results.json", "layers.csv", "summary.md"}
+                      "stats_only": False, "steps": 2, "states": None, "noise_floor": True}]
+    assert {p.name for p in out.iterdir()} == {"index.html", "results.json", "layers.csv", "summary.md",
+                                               ".aligner-output"}
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["verdict"] == variant.replace(
         "broken", "fail")
     n_errors = sum(f["severity"] == "error" for f in make_results(variant)["findings"])
@@ -172,8 +173,8 @@ def test_faults_only_checks_names_then_forwards(monkeypatch: pytest.MonkeyPatch,
     from aligner.faults import run as runner
     from aligner.faults.catalogue import catalogue
 
-    calls: list[list[str]] = []
-    monkeypatch.setattr(runner, "main", lambda argv: calls.append(list(argv)) or 0)  # no model runs here
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(runner, "run_faults", lambda **kw: calls.append(kw) or {})  # no model runs here
     r = CliRunner().invoke(cli, ["faults", "--only", "no_such_fault"])
     assert r.exit_code == 2, r.output
     assert "no_such_fault" in r.output and all(f.name in r.output for f in catalogue())
@@ -181,13 +182,12 @@ def test_faults_only_checks_names_then_forwards(monkeypatch: pytest.MonkeyPatch,
     r = CliRunner().invoke(cli, ["faults", "--only", "detach_neck,double_sigmoid", "--only", "tal_topk",
                                  "--img-size", "160", "--seed", "-1", "--no-clean", "--no-cache"])
     assert r.exit_code == 0, r.output
-    assert calls == [["--subset=all", "--img-size=160", "--dtype=float32", "--seed=-1",
-                      "--out=benchmarks/results", "--clean-sizes=320,500,640",
-                      "--only", "detach_neck", "double_sigmoid", "tal_topk", "--no-clean", "--no-cache"]]
-    monkeypatch.setattr(runner, "main", lambda argv: 2)
-    assert CliRunner().invoke(cli, ["faults", "--no-faults", "--no-clean"]).exit_code == 2  # runner's code
+    assert [{k: v for k, v in c.items() if k != "progress"} for c in calls] == [
+        {"subset": "all", "only": ["detach_neck", "double_sigmoid", "tal_topk"], "img_size": 160,
+         "dtype": "float32", "seed": -1, "out": "benchmarks/results", "faults": True, "clean": False,
+         "clean_sizes": [320, 500, 640], "cache": False}]
     monkeypatch.undo()
-    # the real runner parses that argv; with --no-faults --no-clean it runs nothing and writes empty tables
+    # the real runner; with --no-faults --no-clean it runs nothing and writes empty tables
     r = CliRunner().invoke(cli, ["faults", "--only", "tal_topk", "--img-size", "160", "--seed", "-1", "--dtype",
                                  "float64", "--no-faults", "--no-clean", "--no-cache", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output

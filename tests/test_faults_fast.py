@@ -1,8 +1,9 @@
-"""Fast subset of the fault catalogue (issue 7): planted porting faults must be detected and localised.
+"""Fast subset of the fault catalogue: planted porting faults must be detected and localised.
 
 Runs each fault of ``FAST_SUBSET`` (graph break, eval(), numerics, BN family, structure, init, loss) through
 the full aligner on GOLD-YOLO-N at a small input (and the REGRESSIONS below), plus the unmodified port at the
-same size, which must give no error finding. The torch reference is captured once and shared (it does not see Jittor faults).
+same size, which must give no error finding. The torch reference is captured once and shared (it does not see
+Jittor faults).
 """
 from __future__ import annotations
 
@@ -62,19 +63,21 @@ def test_planting_restores_the_port() -> None:
 
 
 @pytest.fixture(scope="module")
-def runs() -> tuple[dict, object]:
-    from aligner.faults.run import fault_size, reference_cache, run_clean, run_fault
+def runs() -> tuple[dict, object, object]:
+    from aligner.faults.run import References, fault_size, run_clean, run_fault
 
     names = FAST_SUBSET + REGRESSIONS
-    with reference_cache():
-        clean = {s: run_clean(s, "float32") for s in sorted({fault_size(get_fault(n), SIZE) for n in names})}
-        outcomes = {n: run_fault(get_fault(n), img_size=SIZE, baseline=clean[fault_size(get_fault(n), SIZE)].errors)
-                    for n in names}
-    return outcomes, clean[SIZE]
+    refs = References()
+    clean = {s: run_clean(s, "float32", references=refs)
+             for s in sorted({fault_size(get_fault(n), SIZE) for n in names})}
+    outcomes = {n: run_fault(get_fault(n), img_size=SIZE, baseline=clean[fault_size(get_fault(n), SIZE)].errors,
+                             references=refs)
+                for n in names}
+    return outcomes, clean[SIZE], refs
 
 
 @pytest.mark.parametrize("name", FAST_SUBSET + REGRESSIONS)
-def test_fault_is_detected_and_localised(runs: tuple[dict, object], name: str) -> None:
+def test_fault_is_detected_and_localised(runs: tuple[dict, object, object], name: str) -> None:
     o = runs[0][name]
     assert o.crashed is None, o.crashed
     assert o.applied, f"{name}: the planted code never ran"
@@ -83,7 +86,15 @@ def test_fault_is_detected_and_localised(runs: tuple[dict, object], name: str) -
                          f"{o.expected_location!r} (accepted finding ranked {o.rank})")
 
 
-def test_correct_port_has_no_error_finding(runs: tuple[dict, object]) -> None:
+def test_correct_port_has_no_error_finding(runs: tuple[dict, object, object]) -> None:
     clean = runs[1]
     assert clean.crashed is None, clean.crashed
     assert clean.n_errors == 0, clean.errors
+
+
+def test_torch_side_captured_once_per_configuration(runs: tuple[dict, object, object]) -> None:
+    """Every configuration's reference served all its runs: one capture per state, plus one per state of the
+    float64 reference (noise floor), however many faults ran against it."""
+    rows = runs[2].captures()
+    assert rows and all(r["references"] == 1 for r in rows), rows
+    assert all(r["torch_captures"] == 2 * 2 for r in rows), rows  # states init + perturbed, x2 precisions

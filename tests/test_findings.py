@@ -13,9 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _synth import make_trace, port_of, set_param  # noqa: E402
 
 from aligner.api import analyze, write_results
-from aligner.compare import StateTraces
+from aligner.analysis_records import Finding, StateTraces
 from aligner.errors import NoMatchError
-from aligner.inventory import expected_anchors
+from aligner.pairs import rules_for
+from aligner.pairs.gold_yolo_rules import RULES as GOLD_YOLO_RULES, expected_anchors
 from aligner.records import FindingType as T, FrozenBy, GradStatus, ParamKind, Severity
 
 
@@ -73,7 +74,8 @@ def test_anchor_drift_explains_expected_count():
     t = replace(t, stages={"anchors": {"count": 5249, "strides": [8, 16, 32], "img_size": 500,
                                        "n_per_level": [3969, 1024, 256]}})
     j = replace(port_of(t), stages={"anchors": {"count": 2100, "strides": [8, 16, 32], "img_size": 500}})
-    r = run(t, j)
+    assert run(t, j).anchors is None and not run(t, j).by_type(T.ANCHOR_COUNT_DRIFT)  # the core knows no anchors
+    r = run(t, j, rules=GOLD_YOLO_RULES)
     f = r.by_type(T.ANCHOR_COUNT_DRIFT)
     assert len(f) == 1 and f[0].severity == Severity.ERROR and f[0].location == "anchors"
     assert "expected 5249" in f[0].message and "63x63 + 32x32 + 16x16" in f[0].message
@@ -231,7 +233,7 @@ def test_loss_and_assigner():
     j = replace(port_of(t), stages={"loss": {"total": 5.0713590, "items": [1.14, 1.42, 2.60],
                                              "item_names": ["iou", "dfl", "cls"]},
                                     "assigner": {"fg_count": 77, "target_scores_sum": 3.2}})
-    r = run(t, j)
+    r = run(t, j, rules=GOLD_YOLO_RULES)
     locs = {f.location for f in r.by_type(T.LOSS_DIVERGENCE)}
     assert locs == {"loss.cls"}                         # total within 1e-4, cls 3.6% off
     a = r.by_type(T.ASSIGNER_MISMATCH)
@@ -334,8 +336,8 @@ def test_inplace_modified_alias_gradient_is_skipped():
     assert [x for x in r.rows if x.kind.value == "forward" and x.torch_name == "neck"][0].ok
 
 
-def test_counts_add_up_and_roll_up_per_subtree():
-    from aligner.summary import FindingCounts, rollup, verdict
+def test_counts_add_up():
+    from aligner.summary import FindingCounts, verdict
     t = make_trace()
     j = port_of(t)
     j.arrays["act/3/"] = j.arrays["act/3/"] * 1.01
@@ -345,11 +347,56 @@ def test_counts_add_up_and_roll_up_per_subtree():
     total = sum(per_state)
     assert total == r.counts and total.error == len(r.errors) and total.total == len(r.findings)
     assert verdict(r.findings) == "fail" and verdict([]) == "pass"
-    roll = rollup(r.rows, {p.name: p.module for p in t.params})
-    assert roll[""].rows == len(r.rows)
-    assert roll["neck"].forward_failed == 2 and roll["backbone"].failed == 0   # neck.conv and neck (alias)
-    assert roll[""].failed == roll["neck"].failed + roll["head"].failed + roll["backbone"].failed + sum(
-        1 for x in r.rows if not x.ok and x.torch_name == "")
+
+
+def test_pair_rules_come_from_the_registry():
+    assert rules_for("gold_yolo-n") is GOLD_YOLO_RULES and rules_for("gold_yolo-l") is GOLD_YOLO_RULES
+    assert rules_for("small") is None and rules_for("custom") is None and rules_for(None) is None
+
+
+def test_diff_of_traces_takes_the_rules_of_the_recorded_pair(tmp_path):
+    from aligner.api import diff
+    from aligner.trace_io import write_trace_set
+    anchors = {"count": 5249, "strides": [8, 16, 32], "img_size": 500}
+    for pair, found in (("gold_yolo-n", 1), ("small", 0)):
+        t = make_trace(state="init")
+        t = replace(t, meta={**t.meta, "pair": pair}, stages={"anchors": anchors})
+        j = replace(port_of(t), stages={"anchors": {**anchors, "count": 2100}})
+        r = diff(write_trace_set({"init": t}, tmp_path / pair / "t"), write_trace_set({"init": j}, tmp_path / pair / "j"))
+        assert len(r.by_type(T.ANCHOR_COUNT_DRIFT)) == found, pair
+
+
+def test_causal_order_and_its_tie_break():
+    from aligner.rules.order import CAUSAL_ORDER, sort_findings
+    assert set(CAUSAL_ORDER) == set(T) and len(CAUSAL_ORDER) == len(T)
+
+    def f(ftype, severity=Severity.ERROR, state=None, location="m", position=None):
+        return Finding(type=ftype, severity=severity, state=state, location=location, message="", position=position)
+
+    found = [f(T.GRAD_SPARSITY_EXPLAINED, Severity.INFO), f(T.BACKWARD_DIVERGENCE, state="b"),
+             f(T.LOSS_DIVERGENCE, state="a", location="loss.cls", position=2),
+             f(T.LOSS_DIVERGENCE, state="a", location="loss", position=0), f(T.FORWARD_DIVERGENCE, state="b"),
+             f(T.UNMATCHED_MODULE, Severity.WARNING, location="z"), f(T.UNMATCHED_MODULE, Severity.WARNING, location="a"),
+             f(T.EXTRA_PARAMETER), f(T.EXTRA_PARAMETER, position=7), f(T.WEIGHT_TRANSFER, Severity.WARNING, state="a")]
+    got = [(x.type.value, x.state, x.location, x.position) for x in sort_findings(found, ["a", "b"])]
+    assert got == [("extra_parameter", None, "m", 7), ("extra_parameter", None, "m", None),
+                   ("forward_divergence", "b", "m", None), ("loss_divergence", "a", "loss", 0),
+                   ("loss_divergence", "a", "loss.cls", 2), ("backward_divergence", "b", "m", None),
+                   ("weight_transfer", "a", "m", None), ("unmatched_module", None, "a", None),
+                   ("unmatched_module", None, "z", None), ("grad_sparsity_explained", None, "m", None)]
+
+
+def test_message_templates_render_both_languages():
+    from aligner.rules.messages import TEMPLATES, render
+    out = render(T.LOSS_DIVERGENCE, item="cls", torch=2.51, jittor=2.6, rel=0.0358, tol=1e-4)
+    assert out["message"] == "loss cls differs: torch 2.51, jittor 2.6 (rel 0.0358 > 0.0001)"
+    assert out["message_zh"] == "损失 cls 不同：torch 2.51，jittor 2.6（相对误差 0.0358 > 0.0001）"
+    assert set(out) == {"message", "message_zh", "likely_cause", "likely_cause_zh"}
+    # every message exists in both languages (the port-only/both phrases are English-only by design)
+    assert all(bool(t.message) == bool(t.message_zh) and bool(t.likely_cause) == bool(t.likely_cause_zh)
+               for t in TEMPLATES.values())
+    assert "{" not in render(T.UNMATCHED_MODULE, count=2, side="torch", ex="a")["likely_cause"].replace(
+        "{torch_name: jittor_name}", "")
 
 
 def _assign_arrays(fg_anchors, scores, boxes, n_anchor=12):
@@ -374,7 +421,7 @@ def test_tied_assignment_explains_the_loss_difference():
     boxes = [[10, 10, 50, 50], [10, 10, 50, 50], [60, 20, 90, 70]]
     t = _with_assignment(make_trace(state="init"), [1, 2, 7], [0.5, 0.5, 0.25], boxes, iou=1.048986)
     j = _with_assignment(port_of(t), [1, 3, 7], [0.5, 0.50000012, 0.25], boxes, iou=1.049242)
-    r = run(t, j, state="init")
+    r = run(t, j, state="init", rules=GOLD_YOLO_RULES)
     assert not [f for f in r.findings if f.severity == Severity.ERROR], types(r, Severity.ERROR)
     tie = [f for f in r.by_type(T.ASSIGNER_MISMATCH) if f.severity == Severity.WARNING]
     assert tie and "swaps 1 tied" in tie[0].message
@@ -384,7 +431,7 @@ def test_tied_assignment_explains_the_loss_difference():
     # other scores (a changed alpha/beta) or other boxes (wrong target scaling) are not a tie
     for scores, bxs in (([0.5, 0.45, 0.25], boxes), ([0.5, 0.5, 0.25], [boxes[0], [10, 10, 50, 51], boxes[2]])):
         j = _with_assignment(port_of(t), [1, 3, 7], scores, bxs, iou=1.049242)
-        r = run(t, j, state="init")
+        r = run(t, j, state="init", rules=GOLD_YOLO_RULES)
         assert (T.LOSS_DIVERGENCE, "loss.iou") in types(r, Severity.ERROR)
         assert "tie_swap" not in r.to_dict()["assigner"]["init"]
 

@@ -97,6 +97,25 @@ def test_noise_below_floor_is_not_growth(accepted: tuple[dict[str, Any], Path]) 
     assert gate.evaluate(noisy, baseline).passed
 
 
+def test_growth_compares_the_judged_number(accepted: tuple[dict[str, Any], Path]) -> None:
+    """With a float64 reference the verdict judges err(port, ref64); ``rel`` against the float32 reference also
+    carries that reference's own rounding, which moves between machines (measured on the correct GOLD-YOLO-N
+    at 128 px: neck.Rep_n5.conv1's backward rel 1.0e-3 -> 8.7e-2 while err(port, ref64) stayed 1.3e-3)."""
+    results, _ = accepted
+    base = copy.deepcopy(results)
+    row = next(r for r in base["layers"] if r["kind"] == "backward" and r["rel"] < r["tol"] / 100)
+    row.update(metric="rel_l2_fp64", rel_fp64=row["tol"] / 100)
+    baseline = gate.make_baseline(base)
+    reference_noise = copy.deepcopy(base)
+    moved = next(r for r in reference_noise["layers"] if gate.layer_key(r) == gate.layer_key(row))
+    moved["rel"] = row["tol"] * 0.9  # the float32 reference moved; the judged number did not
+    assert gate.evaluate(reference_noise, baseline).passed
+    moved["rel_fp64"] = row["tol"] * 0.5  # the port itself moved 50x, still within tolerance
+    outcome = gate.evaluate(reference_noise, baseline)
+    assert not outcome.passed
+    assert any(c.check == "error_growth" for c in outcome.changes)
+
+
 def test_new_unmatched_and_param_change(tmp_path: Path, accepted: tuple[dict[str, Any], Path]) -> None:
     results, base = accepted
     unmatched = copy.deepcopy(results)

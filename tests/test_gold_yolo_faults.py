@@ -1,8 +1,9 @@
-"""Issue 5's six deliberately broken GOLD-YOLO ports, at a small input: each must be reported with
+"""Six deliberately broken GOLD-YOLO ports, at a small input: each must be reported with
 the right finding type at the right module, and the first divergence must point there.
 
 The faults are planted by the catalogue (aligner/faults), which patches the correct ``jittor_impl`` at
-run time and restores it; the torch reference does not see them and is captured once (reference_cache).
+run time and restores it; the torch reference does not see them and is captured once per configuration
+(aligner.faults.run.References).
 One model state ("perturbed": non-zero prediction convs, so gradients reach the body) keeps it short.
 """
 from __future__ import annotations
@@ -20,21 +21,24 @@ SIX = ("detach_neck", "numpy_roundtrip_loss", "jittor_adaptive_pool", "bn_eps_de
 
 @pytest.fixture(scope="module")
 def results():
-    from aligner.api import run_pair
-    from aligner.faults.run import reference_cache
+    from aligner.api import RunConfig, run as run_pair
+    from aligner.faults.run import References
+    from aligner.pairs import get_pair
+
+    refs, config = References(), RunConfig(states=STATES)
 
     def run(name: str | None):
         fault = get_fault(name) if name else None
         size = SIZE - 20 if (fault and fault.odd_size) else SIZE
         opts = dict(fault.options) if fault else {}
+        pair = get_pair("gold_yolo-n", img_size=size, batch=1, **opts)
         if fault is None:
-            return run_pair("gold_yolo-n", img_size=size, batch=1, states=STATES, **opts), None
+            return run_pair(pair, config, reference=refs.get(pair, config)), None
         with fault.planted() as probe:
-            r = run_pair("gold_yolo-n", img_size=size, batch=1, states=STATES, **opts)
+            r = run_pair(pair, config, reference=refs.get(pair, config))
         return r, probe.hits
 
-    with reference_cache():
-        return {name: run(name) for name in (None, *SIX)}
+    return {name: run(name) for name in (None, *SIX)}
 
 
 def first_error(result):

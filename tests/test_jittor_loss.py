@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from golden import (FORMULA_SIZES, GOLDEN_N_DIR, load_formula, load_golden_n, load_golden_n_manifest, norm_rel,
-                    require_golden, scalar_rel)
+from golden import FORMULA_SIZES, load_formula, load_golden_n_manifest, norm_rel, scalar_rel
 
 import aligner.env  # noqa: F401  (before jittor)
 import jittor as jt
@@ -47,17 +46,6 @@ def _jt_head(data, prefix: str, dtype: str = "float32") -> tuple:
             jt.array(data[f"{prefix}act/detect/2"].astype(dtype), dtype))
 
 
-@pytest.fixture(scope="module")
-def gold():
-    return load_golden_n()
-
-
-@pytest.fixture(scope="module")
-def gold_atss():
-    require_golden(GOLDEN_N_DIR)
-    return np.load(GOLDEN_N_DIR / "atss.npz", allow_pickle=False)
-
-
 def test_anchors_match_golden(gold):
     feats = [jt.array(gold[f"act/detect/0/{i}"]) for i in range(3)]
     anchors, points, n_list, stride = generate_anchors(feats, N_STRIDES)
@@ -65,7 +53,7 @@ def test_anchors_match_golden(gold):
     assert points.shape[0] == 5249 == int(gold["anchors/count"])
     np.testing.assert_array_equal(points.numpy(), gold["anchors/points"])
     np.testing.assert_array_equal(stride.numpy(), gold["anchors/stride"])
-    half = 2.5 * gold["anchors/stride"]  # squares of side 5*stride (spec §4)
+    half = 2.5 * gold["anchors/stride"]  # squares of side 5*stride (docs/gold-yolo-notes.md, "Anchors")
     np.testing.assert_array_equal(anchors.numpy(), np.concatenate([gold["anchors/points"] - half,
                                                                    gold["anchors/points"] + half], 1))
     assert all(v.is_stop_grad() for v in (anchors, points, stride))

@@ -8,7 +8,8 @@ import pytest
 
 from aligner.metrics import EPS, compare_arrays, compare_stats, rel_error
 from aligner.records import TensorStats
-from aligner.tolerances import Kind, Tolerances, judge, lookup
+from aligner.analysis_records import Kind
+from aligner.tolerances import Tolerances, judge, lookup
 
 
 def test_basic_errors_hand_computed():
@@ -151,8 +152,10 @@ def test_core_imports_no_framework():
     import subprocess
     import sys
     code = ("import sys, aligner\n"
-            "from aligner import analysis, api, compare, divergence, findings, inventory, match, metrics\n"
-            "from aligner import result, stages, summary, tolerances\n"
+            "from aligner import analysis, analysis_records, api, compare, divergence, inventory, match, metrics\n"
+            "from aligner import result, rules, sides, summary, tolerances\n"
+            "from aligner.rules import divergence, gradients, init, loss, modes, order, structure\n"
+            "from aligner.pairs import gold_yolo_rules\n"
             "aligner.run_pair; aligner.align; aligner.diff; aligner.Tolerances; aligner.load_trace\n"
             "print(sorted(m for m in ('torch', 'jittor') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

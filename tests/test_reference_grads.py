@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
-from golden import (FORMULA_DIR, FORMULA_SIZES, GOLDEN_N_DIR, formula_model, golden_n_model, load_formula,
-                    load_golden_n, load_golden_n_manifest, norm_rel, require_golden, scalar_rel)
+from golden import (FORMULA_DIR, FORMULA_SIZES, check_float64_gradnorms, check_pert64_loss, formula_model,
+                    golden_n_model, load_formula, norm_rel, scalar_rel)
 
 from reference_torch.loss import build_loss
 from reference_torch.model import build_model
@@ -44,22 +44,6 @@ class Run:
     items: np.ndarray
     grads: dict[str, np.ndarray]
     extra: dict = field(default_factory=dict)
-
-
-@pytest.fixture(scope="module")
-def gold():
-    return load_golden_n()
-
-
-@pytest.fixture(scope="module")
-def manifest():
-    return load_golden_n_manifest()
-
-
-@pytest.fixture(scope="module")
-def gold_atss():
-    require_golden(GOLDEN_N_DIR)
-    return np.load(GOLDEN_N_DIR / "atss.npz", allow_pickle=False)
 
 
 def _run_n(gold, perturbed: bool, dtype: torch.dtype, warmup_epoch: int = 0) -> Run:
@@ -154,12 +138,7 @@ def test_bn_buffers_after_one_train_forward(pert32, gold):
 
 # ------------------------------------------------------------------------------------------------- N, float64
 def test_perturbed_float64_loss_and_gradients(pert64_step, gold, manifest):
-    assert scalar_rel(pert64_step.loss, gold["pert64/loss/total"]) <= 1e-6  # measured 1.8e-16
-    for got, ref in zip(pert64_step.items, gold["pert64/loss/items"]):
-        assert scalar_rel(got, ref) <= 1e-6
-    math_zero = set(manifest["grad_pert_accuracy"]["mathematically_zero"]["names"])
-    stored = [k[len("pert64/grad/"):] for k in gold.files if k.startswith("pert64/grad/")]
-    assert len(stored) == 365
+    stored, math_zero = check_pert64_loss(pert64_step.loss, pert64_step.items, gold, manifest)
     for name in stored:
         g, ref = pert64_step.grads[name], gold[f"pert64/grad/{name}"]
         if name in math_zero:
@@ -256,19 +235,7 @@ def test_formula_losses_and_assigner(formula_run):
 
 
 def test_formula_float64_gradient_norms(formula_run):
-    data, fv = formula_run["data"], formula_run["manifest"]["float32_vs_float64"]
-    exact_zero = set(fv["exactly_zero_gradients"]["names"])
-    math_zero = set(fv["mathematically_zero"]["names"])
-    norms = formula_run["gradnorm"]
-    rels = []
-    for name, got in norms.items():
-        ref = float(data[f"f64/gradnorm/{name}"])
-        if name in exact_zero:
-            assert got == 0.0 and ref == 0.0, name
-        elif name in math_zero:
-            # the manifest's own criterion: float64 norm < 1e-6 x the float32 norm (observed ratios < 1e-8)
-            assert got < 1e-6 * float(data[f"gradnorm/{name}"]), name
-        else:
-            rels.append(scalar_rel(got, ref))
-            assert rels[-1] <= 1e-6, (name, rels[-1])  # measured max 1.1e-11 (S), 4.7e-9 (M alpha), 1.7e-10 (L)
+    # measured: mathematically-zero ratios < 1e-8; others max 1.1e-11 (S), 4.7e-9 (M alpha), 1.7e-10 (L)
+    rels = check_float64_gradnorms(formula_run["gradnorm"], formula_run["data"],
+                                   formula_run["manifest"]["float32_vs_float64"])
     assert float(np.median(rels)) <= 1e-7  # measured 4.5e-13 / 2.2e-11 / 2.1e-12

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from golden import FORMULA_SIZES, GOLDEN_N_DIR, load_formula, load_golden_n, require_golden, scalar_rel
+from golden import FORMULA_SIZES, GOLDEN_N_DIR, load_formula, require_golden, scalar_rel
 
 from reference_torch.anchors import bbox2dist, dist2bbox, generate_anchors
 from reference_torch.loss import build_loss
@@ -32,17 +32,6 @@ def _fg_per_level(fg_mask: torch.Tensor, counts: list[int]) -> list[int]:
     return [int(c.sum()) for c in torch.split(fg_mask, counts, dim=1)]
 
 
-@pytest.fixture(scope="module")
-def gold():
-    return load_golden_n()
-
-
-@pytest.fixture(scope="module")
-def gold_atss():
-    require_golden(GOLDEN_N_DIR)
-    return np.load(GOLDEN_N_DIR / "atss.npz", allow_pickle=False)
-
-
 def test_anchors_train_and_eval(gold):
     feats = [torch.from_numpy(gold[f"act/detect/0/{i}"]) for i in range(3)]
     anchors, points, n_list, stride = generate_anchors(feats, N_STRIDES)
@@ -50,7 +39,7 @@ def test_anchors_train_and_eval(gold):
     assert points.shape[0] == 5249 == int(gold["anchors/count"])
     np.testing.assert_array_equal(points.numpy(), gold["anchors/points"])
     np.testing.assert_array_equal(stride.numpy(), gold["anchors/stride"])
-    # anchor boxes: squares of side grid_cell_size * stride = 5 * stride centred on the points (spec §4)
+    # anchor boxes: squares of side grid_cell_size * stride = 5 * stride centred on the points (docs/gold-yolo-notes.md, "Anchors")
     half = 2.5 * gold["anchors/stride"]
     np.testing.assert_array_equal(anchors.numpy(), np.concatenate([gold["anchors/points"] - half,
                                                                    gold["anchors/points"] + half], 1))

@@ -1,7 +1,7 @@
 """The PyTorch reference model against the official GOLD-YOLO golden data.
 
 N: official init state_dict, activations and eval output (`gold_yolo_n_nc20_dfl_500`, 500x500, batch 2).
-S/M/L: formula weights, 320x320, batch 1 (`formula_320`). Parameter counts against spec §1.4/§3.
+S/M/L: formula weights, 320x320, batch 1 (`formula_320`). Parameter counts against docs/gold-yolo-notes.md.
 Tolerances are max|a-b|/max|ref|; the golden READMEs give the float32 noise each one is set against.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_n_eval_output(golden_n: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------- counts
-# spec §3 (official code, N, training form, base head): (nc, use_dfl, reg_max) -> (total, head, deploy)
+# docs/gold-yolo-notes.md, "Parameter counts" (official code, N, training form, base head): (nc, use_dfl, reg_max) -> (total, head, deploy)
 N_COUNTS = {
     (80, False, 0): (6_062_590, 429_022, 5_622_494),
     (80, True, 16): (6_077_118, 443_550, 5_637_022),
@@ -150,7 +150,7 @@ def test_n_bn_families_and_buffers() -> None:
 
 
 def test_n_conv_silu_counts() -> None:
-    """spec §3: N with training_mode conv_silu, nc 20: 5,617,930 (ConvWrapper blocks, nothing to reparam)."""
+    """docs/gold-yolo-notes.md, "Parameter counts": N with training_mode conv_silu, nc 20: 5,617,930 (ConvWrapper blocks, nothing to reparam)."""
     counts = count_parameters(build_model("gold_yolo-n", num_classes=20, training_mode="conv_silu"))
     assert counts["total"] == 5_617_930
 
@@ -246,7 +246,7 @@ def test_formula_counts(formula_run: dict[str, Any]) -> None:
     assert (len(bn["plain"]), len(bn["sync"])) == (by_eps["eps_1e-3"], by_eps["eps_1e-5"])
 
 
-# spec §1.4: published params (0.1M) and the official deploy-form thop figures (0.01M; thop counts leaf
+# docs/gold-yolo-notes.md, "Configurations and scaling": published params (0.1M) and the official deploy-form thop figures (0.01M; thop counts leaf
 # modules only). S's 21.51M is its distill_ns head; the base head here is checked at the published 0.1M.
 PUBLISHED = {"s": ("21.5", None), "m": ("41.3", "41.33"), "l": ("75.1", "75.06")}
 
@@ -290,7 +290,7 @@ def test_formula_s_float64_head_outputs() -> None:
 
 # --------------------------------------------------------------------------------------------- config
 def test_scaling_rules_and_drop_path() -> None:
-    """spec §1.2 table and the linspace(0, 0.1, depths) drop-path rates of the shipped configs."""
+    """The scaling table of docs/gold-yolo-notes.md and the linspace(0, 0.1, depths) drop-path rates of the shipped configs."""
     assert scale_config(VARIANTS["gold_yolo-m"]) == (
         [1, 4, 7, 11, 4, 7, 7, 7, 7], [48, 96, 192, 384, 768, 192, 96, 96, 192, 192, 384])
     assert scale_config(VARIANTS["gold_yolo-n"])[1] == [16, 32, 64, 128, 256, 64, 32, 32, 64, 64, 128]

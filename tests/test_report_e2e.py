@@ -6,15 +6,16 @@ Two captures of the small pair; the first Jittor run of a machine compiles kerne
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from click.testing import CliRunner
 
 from aligner import api, fixlog, gate
-from aligner.cli import cli
+from aligner.pairs import get_pair
 from aligner.report import write_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,13 +29,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A broken port (api), then the correct one (CLI), sharing one fix log."""
     root = tmp_path_factory.mktemp("e2e")
     store = root / "fixlog"
-    broken = api.run_pair("small", jittor_options={"fault": "bn_eps"}).to_dict()
+    broken = api.run(get_pair("small"), port=api.Port(options={"fault": "bn_eps"})).to_dict()
     opened = fixlog.sync_with_results(broken, store)
     write_outputs(broken, root / "broken", fixlog_entries=opened.touched)
-    r = CliRunner().invoke(cli, ["run", "--model", "small", "--out", str(root / "ok"), "--fixlog", str(store)])
-    assert r.exit_code == 0, r.output
+    # a real process with pipes (not a terminal), as in a CI log
+    r = subprocess.run([sys.executable, "-m", "aligner", "run", "--model", "small", "--out", str(root / "ok"),
+                        "--fixlog", str(store)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
     ok = json.loads((root / "ok" / "results.json").read_text(encoding="utf-8"))
-    return {"root": root, "store": store, "broken": broken, "opened": opened, "ok": ok, "cli_output": r.output}
+    return {"root": root, "store": store, "broken": broken, "opened": opened, "ok": ok, "cli_output": r.stdout,
+            "cli_stderr": r.stderr}
 
 
 def test_broken_port_is_found(runs: dict[str, Any]) -> None:
@@ -45,6 +49,16 @@ def test_broken_port_is_found(runs: dict[str, Any]) -> None:
     assert ("mode_mismatch", "down.bn") in types and ("forward_divergence", "down.bn") in types
     assert runs["ok"]["verdict"] == "pass"
     assert "verdict: PASS" in runs["cli_output"]
+
+
+def test_terminal_shows_stages_not_framework_chatter(runs: dict[str, Any]) -> None:
+    err = runs["cli_stderr"]
+    stages = [ln for ln in err.splitlines() if re.match(r"^\[\s*\d+\.\ds\] ", ln)]
+    assert len(stages) >= 3, err                      # one line per stage with its elapsed time, without a TTY
+    assert any("capturing" in ln for ln in stages)
+    assert "Compiling Operators" not in err + runs["cli_output"]
+    assert "smallest subnormal" not in err + runs["cli_output"]
+    assert len(err.splitlines()) <= len(stages) + 1    # at most the "framework output folded" line besides them
 
 
 def test_fixlog_round_trip_on_real_output(runs: dict[str, Any]) -> None:
@@ -93,6 +107,7 @@ def test_real_report_in_browser(runs: dict[str, Any], page: Any) -> None:
     page.on("request", lambda r: requests.append(r.url))
     url = (runs["root"] / "broken" / "index.html").resolve().as_uri()
     page.goto(url)
+    page.wait_for_selector("html[data-ready]", state="attached")
     assert page.locator("#verdict").inner_text() == "FAIL"
     assert "down.bn" in page.locator("#headline").inner_text()
     page.check("#f-failing")

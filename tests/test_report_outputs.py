@@ -1,11 +1,11 @@
 """The run directory: four files written together or not at all; CSV and JSON round-trip the rows."""
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -18,12 +18,15 @@ from aligner.report.html import build_page  # noqa: E402
 def test_four_files_round_trip(tmp_path: Path) -> None:
     results = make_results("broken", steps=2)
     paths = write_outputs(results, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "layers.csv", "results.json", "summary.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".aligner-output", "index.html", "layers.csv",
+                                                         "results.json", "summary.md"]
     assert load_results(paths.results_json) == json.loads(json.dumps(results))
-    frame = pd.read_csv(paths.layers_csv)
-    assert len(frame) == len(results["layers"])
-    assert int((~frame["ok"]).sum()) == sum(not r["ok"] for r in results["layers"])
-    assert frame.loc[0, "shape_torch"] == "x".join(map(str, results["layers"][0]["shape_torch"]))
+    with open(paths.layers_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(results["layers"])
+    assert sum(r["ok"] == "False" for r in rows) == sum(not r["ok"] for r in results["layers"])
+    assert rows[0]["shape_torch"] == "x".join(map(str, results["layers"][0]["shape_torch"]))
+    assert float(rows[3]["rel"]) == results["layers"][3]["rel"]  # numbers round-trip exactly (repr)
     summary = paths.summary_md.read_text(encoding="utf-8")
     assert "**FAIL**" in summary and "`neck.Rep_p4.conv1`" in summary
 
@@ -36,7 +39,7 @@ def test_failure_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest
         raise OSError("disk full")
 
     monkeypatch.setattr(outputs, "render_summary", lambda *a, **k: "x")
-    monkeypatch.setattr(outputs, "layers_frame", boom)
+    monkeypatch.setattr(outputs, "layers_csv", boom)
     with pytest.raises(OSError, match="disk full"):
         write_outputs(make_results("broken"), tmp_path)
     # the previous report is intact and no temp file is left behind
@@ -55,9 +58,10 @@ def test_schema_is_checked(tmp_path: Path) -> None:
 
 
 def test_findings_most_important_first() -> None:
-    page = build_page(make_results("broken"))
-    sev = [f.severity for f in page.findings]
-    assert sev == sorted(sev, key=["error", "warning", "info"].index)
+    results = make_results("broken")
+    page = build_page(results)
+    # the analysis's causal order, as results.json lists it
+    assert [f.id for f in page.findings] == [f["id"] for f in results["findings"]]
     assert page.findings[0].is_first and page.findings[0].type == "forward_divergence"
     # the chips add up to the findings
     assert sum(n for _, _, n in page.type_chips) == len(page.findings)

@@ -10,6 +10,7 @@ import pytest
 from aligner.errors import EXIT_ERROR, TraceFormatError, exit_code_for
 from aligner.records import (CallRecord, FrozenBy, GradStatus, ModuleInfo, ParamInfo, ParamKind, TensorStats,
                              Trace, act_key, gact_key, pgrad_key)
+from aligner.trace_io import _checksum  # noqa: PLC2701 - tests re-sign a deliberately edited manifest
 from aligner.trace_io import (TRACE_FORMAT, atomic_dir, read_trace, read_trace_set, read_weights, write_trace,
                               write_trace_set)
 
@@ -41,6 +42,17 @@ def _trace(state: str = "init", full: bool = True) -> Trace:
     meta = {"framework": "torch", "state": state, "seed": 0, "dtype": "float32", "versions": {"numpy": np.__version__},
             "weight_transfer": [{"kind": "missing", "name": "x"}]}
     return Trace(meta, calls, params, modules, arrays, stats, {"loss": {"total": 1.5, "items": [1.0, 0.5]}})
+
+
+def _rewrite(path, doc: dict, name: str = "manifest.json") -> None:
+    """Write an edited manifest/index with a valid checksum (an edit the format allows, not damage)."""
+    doc = {**doc, "checksum": _checksum(doc)}
+    (path / name).write_text(json.dumps(doc))
+
+
+def _as_format(doc: dict, version: int) -> dict:
+    """The manifest as an older format wrote it (no integrity fields)."""
+    return {**{k: v for k, v in doc.items() if k not in ("files", "checksum")}, "trace_format": version}
 
 
 def _same(a: Trace, b: Trace) -> None:
@@ -78,7 +90,7 @@ def test_traces_written_before_the_compatible_additions_still_read(tmp_path):
     for c in doc["calls"]:
         del c["requires_grad"]
     del doc["meta"]["init"]
-    (path / "manifest.json").write_text(json.dumps(doc))
+    (path / "manifest.json").write_text(json.dumps(_as_format(doc, 2)))
     old = read_trace(path)
     assert [c.requires_grad for c in old.calls] == [None, None, None] and "init" not in old.meta
 
@@ -89,7 +101,7 @@ def test_other_format_version_rejected(tmp_path):
     assert doc["trace_format"] == TRACE_FORMAT
     for bad in (TRACE_FORMAT + 1, 0, None, "1"):
         doc["trace_format"] = bad
-        (path / "manifest.json").write_text(json.dumps(doc))
+        _rewrite(path, doc)
         with pytest.raises(TraceFormatError) as err:
             read_trace(path)
         assert exit_code_for(err.value) == EXIT_ERROR and err.value.slug == "trace-format"
@@ -148,7 +160,7 @@ def test_trace_set_round_trip_with_weights(tmp_path):
     assert list(single) == ["init"]
     idx = json.loads((root / "index.json").read_text())
     idx["trace_format"] = TRACE_FORMAT + 1
-    (root / "index.json").write_text(json.dumps(idx))
+    _rewrite(root, idx, "index.json")
     with pytest.raises(TraceFormatError):
         read_trace_set(root)
 
@@ -180,7 +192,7 @@ def test_shared_array_written_once_and_read_back_under_every_key(tmp_path):
     assert back.arrays[act_key(1)] is back.arrays[act_key(0)]
     # a reference to a key that is not stored is a corrupt trace, not a silent gap
     doc["arrays"][act_key(1)]["same_as"] = "act/99/"
-    (path / "manifest.json").write_text(json.dumps(doc))
+    _rewrite(path, doc)
     with pytest.raises(TraceFormatError):
         read_trace(path)
 
@@ -188,6 +200,5 @@ def test_shared_array_written_once_and_read_back_under_every_key(tmp_path):
 def test_format_1_traces_still_read(tmp_path):
     path = write_trace(_trace(), tmp_path / "tr")  # no shared arrays: the same files as format 1 wrote
     doc = json.loads((path / "manifest.json").read_text())
-    doc["trace_format"] = 1
-    (path / "manifest.json").write_text(json.dumps(doc))
+    (path / "manifest.json").write_text(json.dumps(_as_format(doc, 1)))
     _same(_trace(), read_trace(path))

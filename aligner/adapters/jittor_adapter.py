@@ -1,4 +1,4 @@
-"""Jittor adapter (jittor-notes.md §1-3).
+"""Jittor adapter (docs/jittor-notes.md: "Module hooks and capture", "Names, parameters and buffers", "Gradients").
 
 * One forward hook per module instance (Jittor keeps exactly one of each kind and has no handles):
   a user's hook is composed with ours and put back afterwards, and a class whose ``__call__`` Jittor
@@ -25,13 +25,29 @@ from ..records import Framework, FrozenBy, GradStatus, ParamKind, TensorStats
 from .base import Adapter, GradResult, NamedTensor
 from .recording import Recorder
 
-__all__ = ["JittorAdapter"]
+__all__ = ["JittorAdapter", "saved_class_attrs", "restore_class_attrs"]
 
 _HOOK_ATTRS = ("__fhook__", "__fhook2__", "__bihook__", "__bohook__")
 _CLASS_ATTRS = ("__call__", "__hooked_call__", "__hooked__")
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _MISSING = object()
 _TAGS = itertools.count()  # process-wide uniqueness of grad-target names (Jittor warns once per name)
+
+
+def saved_class_attrs(cls: type, names: tuple[str, ...]) -> dict[str, Any]:
+    """The class's own values of ``names`` (a marker for those it only inherits), for
+    :func:`restore_class_attrs`: registering a Jittor hook swaps ``__call__`` on the class itself."""
+    return {a: cls.__dict__.get(a, _MISSING) for a in names}
+
+
+def restore_class_attrs(cls: type, saved: dict[str, Any]) -> None:
+    """Put back what :func:`saved_class_attrs` recorded (deleting what the class did not have itself)."""
+    for a, v in saved.items():
+        if v is _MISSING:
+            if a in cls.__dict__:
+                delattr(cls, a)
+        else:
+            setattr(cls, a, v)
 
 
 def _jittor() -> Any:
@@ -216,7 +232,7 @@ class JittorAdapter(Adapter):
         classes = {type(m) for m in mods}
         return {
             "hooks": [(m, {a: m.__dict__.get(a, _MISSING) for a in _HOOK_ATTRS}) for m in mods],
-            "classes": [(c, {a: c.__dict__.get(a, _MISSING) for a in _CLASS_ATTRS}) for c in classes],
+            "classes": [(c, saved_class_attrs(c, _CLASS_ATTRS)) for c in classes],
             "training": [(m, m.__dict__.get("is_train", _MISSING)) for m in mods],
             "buffers": [(nt.tensor, nt.tensor.numpy()) for nt in named if nt.kind == ParamKind.BUFFER],
         }
@@ -231,12 +247,7 @@ class JittorAdapter(Adapter):
                 else:
                     m.__dict__[a] = v
         for c, attrs in saved["classes"]:
-            for a, v in attrs.items():
-                if v is _MISSING:
-                    if a in c.__dict__:
-                        delattr(c, a)
-                else:
-                    setattr(c, a, v)
+            restore_class_attrs(c, attrs)
         for m, flag in saved["training"]:
             if flag is _MISSING:
                 m.__dict__.pop("is_train", None)

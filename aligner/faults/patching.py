@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-__all__ = ["Probe", "FaultNotApplicable", "patch_attr", "wrap_method", "after_init", "on_model", "rebind_init",
-           "submodule", "override_execute", "on_call", "jt_module", "port_module"]
+__all__ = ["Probe", "FaultNotApplicable", "patch_attr", "wrap_method", "after_init", "on_model", "on_first_arg",
+           "rebind_init", "submodule", "override_execute", "on_call", "jt_module", "port_module"]
 
 _MISSING = object()
 
@@ -75,6 +75,16 @@ def after_init(cls: type, edit: Callable[[Any], None]) -> AbstractContextManager
 def on_model(edit: Callable[[Any], None]) -> AbstractContextManager[None]:
     """Edit every GOLD-YOLO Jittor model right after it is built (before the weights are loaded)."""
     return after_init(port_module("model").Model, edit)
+
+
+def on_first_arg(cls: type, name: str, change: Callable[[Any], Any], probe: Probe) -> AbstractContextManager[None]:
+    """``cls.<name>`` called with its first argument replaced by ``change(argument)``; each call is a probe hit."""
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def method(self: Any, first: Any, *args: Any, **kwargs: Any) -> Any:
+            probe.hit()
+            return orig(self, change(first), *args, **kwargs)
+        return method
+    return wrap_method(cls, name, make)
 
 
 def rebind_init(cls: type, change: Callable[[dict[str, Any]], None]) -> AbstractContextManager[None]:

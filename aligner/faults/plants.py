@@ -1,8 +1,8 @@
 """The planted faults: one context manager per catalogued porting fault of GOLD-YOLO's Jittor port.
 
-Each ``plant_*(probe)`` patches ``jittor_impl`` (see :mod:`aligner.faults.patching`) and calls
-``probe.hit()`` whenever the faulty code runs. Module and attribute names are those of reference_torch,
-which the port mirrors.
+Each ``plant_<name>(probe, **plant_args)`` (``PLANTS[name]``, named by catalogue.toml) patches ``jittor_impl``
+(see :mod:`aligner.faults.patching`) and calls ``probe.hit()`` whenever the faulty code runs. Module and
+attribute names are those of reference_torch, which the port mirrors.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .patching import (Probe, after_init, jt_module, on_call, on_model, override_execute, patch_attr, port_module,
-                       rebind_init, submodule, wrap_method)
+from .patching import (Probe, after_init, jt_module, on_call, on_first_arg, on_model, override_execute, patch_attr,
+                       port_module, rebind_init, submodule, wrap_method)
 
 # ---------------------------------------------------------------------------------------------
 # graph breaks
@@ -29,15 +29,11 @@ def plant_detach_neck(probe: Probe) -> AbstractContextManager[None]:
 def plant_numpy_roundtrip_loss(probe: Probe) -> AbstractContextManager[None]:
     jt = jt_module()
 
-    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
-        def __call__(self: Any, outputs: Any, *args: Any, **kwargs: Any) -> Any:
-            probe.hit()
-            scores = outputs[1]
-            # the port's "to numpy and back" (dtype kept, so only the graph breaks)
-            scores = jt.array(scores.numpy(), str(scores.dtype))
-            return orig(self, (outputs[0], scores, *outputs[2:]), *args, **kwargs)
-        return __call__
-    return wrap_method(port_module("loss").ComputeLoss, "__call__", make)
+    def roundtrip(outputs: Any) -> Any:
+        scores = outputs[1]
+        # the port's "to numpy and back" (dtype kept, so only the graph breaks)
+        return (outputs[0], jt.array(scores.numpy(), str(scores.dtype)), *outputs[2:])
+    return on_first_arg(port_module("loss").ComputeLoss, "__call__", roundtrip, probe)
 
 
 def plant_stop_grad_param(probe: Probe) -> AbstractContextManager[None]:
@@ -114,7 +110,7 @@ def plant_interpolate_align_corners(probe: Probe) -> AbstractContextManager[None
     return patch_attr(port_module("neck"), "_interpolate_bilinear", interp)
 
 
-def plant_bn_family(eps: float, momentum: float, exact: bool, probe: Probe) -> AbstractContextManager[None]:
+def plant_bn_family(probe: Probe, eps: float, momentum: float, exact: bool) -> AbstractContextManager[None]:
     bn_cls = port_module("layers").BatchNorm2d
 
     def initialize_weights(model: Any) -> None:
@@ -136,7 +132,7 @@ def plant_biased_running_var(probe: Probe) -> AbstractContextManager[None]:
     return wrap_method(port_module("layers").BatchNorm2d, "_update_running_stats", make)
 
 
-def plant_attention(variant: str, probe: Probe) -> AbstractContextManager[None]:
+def plant_attention(probe: Probe, variant: str) -> AbstractContextManager[None]:
     jt = jt_module()
     nn = jt.nn
 
@@ -223,10 +219,13 @@ def plant_split_order_swapped(probe: Probe) -> AbstractContextManager[None]:
     return patch_attr(port_module("neck").RepGDNeck, "execute", execute)
 
 
-def plant_loss_attr(probe: Probe, edit: Callable[[Any], None]) -> AbstractContextManager[None]:
+def plant_loss_attr(probe: Probe, edit: str) -> AbstractContextManager[None]:
+    """``edit`` (the name of one of the loss edits at the end of this file) applied to every new ComputeLoss."""
+    change = _LOSS_EDITS[edit]
+
     def run(loss: Any) -> None:
         probe.hit()
-        edit(loss)
+        change(loss)
     return after_init(port_module("loss").ComputeLoss, run)
 
 
@@ -286,14 +285,8 @@ def plant_proj_trainable(probe: Probe) -> AbstractContextManager[None]:
 
 
 def plant_double_sigmoid(probe: Probe) -> AbstractContextManager[None]:
-    jt = jt_module()
-
-    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
-        def execute(self: Any, pred_score: Any, *args: Any, **kwargs: Any) -> Any:
-            probe.hit()
-            return orig(self, jt.sigmoid(pred_score), *args, **kwargs)  # the head already applied it
-        return execute
-    return wrap_method(port_module("loss").VarifocalLoss, "execute", make)
+    # the head already applied the sigmoid to the scores the varifocal loss gets
+    return on_first_arg(port_module("loss").VarifocalLoss, "execute", jt_module().sigmoid, probe)
 
 
 def plant_assigner_attrs(probe: Probe, **values: float) -> AbstractContextManager[None]:
@@ -321,3 +314,11 @@ def other_iou_type(loss: Any) -> None:
 
 def wrong_img_size(loss: Any) -> None:
     loss.ori_img_size = 640 if int(loss.ori_img_size) != 640 else 512  # the ComputeLoss default, not the input
+
+
+_LOSS_EDITS: dict[str, Callable[[Any], None]] = {
+    f.__name__: f for f in (grid_offset_zero, swap_class_iou_weights, other_iou_type, wrong_img_size)}
+
+# plant name (catalogue.toml) -> ``plant_<name>(probe, **plant_args)``
+PLANTS: dict[str, Callable[..., AbstractContextManager[None]]] = {
+    name.removeprefix("plant_"): fn for name, fn in list(globals().items()) if name.startswith("plant_")}

@@ -1,34 +1,39 @@
 """Run the fault catalogue through the aligner and measure detection and false alarms.
 
-``python -m aligner.faults.run [--subset fast|all] [--img-size N] [--out DIR]`` plants every catalogued
-fault in the correct Jittor port in turn, runs the GOLD-YOLO pair through :func:`aligner.api.run_pair`,
-and scores the findings: *detected* when an error finding of the expected type (or an accepted
-alternative) is reported, *localised* when the FIRST error finding has such a type at the expected
-location. It also runs the unmodified port at 320, 500 and 640 in float32 and float64 and counts the
-error findings there (false alarms). Writes ``faults.md`` and ``faults.json`` (default
+``aligner faults [--subset fast|all] [--img-size N] [--out DIR]`` (also ``python -m aligner.faults.run``)
+plants every catalogued fault in the correct Jittor port in turn, runs the GOLD-YOLO pair through
+:func:`aligner.api.run`, and scores the findings: *detected* when an error finding of the expected type
+(or an accepted alternative) is reported, *localised* when the FIRST error finding has such a type at the
+expected location. It also runs the unmodified port at 320, 500 and 640 in float32 and float64 and counts
+the error findings there (false alarms). Writes ``faults.md`` and ``faults.json`` (default
 ``benchmarks/results/``).
 
-The torch side does not depend on the planted fault, so its captures are computed once per
-configuration and reused (``--no-cache`` recomputes them for every fault, as a plain ``run_pair`` does).
+The torch side does not depend on the planted fault, so each configuration's reference is built and
+captured once (:class:`References`) and passed to every run of that configuration (``cache=False``
+recaptures it for every run, as a plain ``run_pair`` does).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligner.errors import UsageError
+from aligner.fsio import atomic_write
+from aligner.pairs import Pair, get_pair
+from aligner.reference import Reference
+from aligner.runconfig import RunConfig
+
 from .catalogue import FAST_SUBSET, Fault, catalogue
 
-__all__ = ["FaultOutcome", "CleanOutcome", "run_fault", "run_clean", "run_catalogue", "write_tables", "main",
-           "DEFAULT_OUT", "PAIR"]
+__all__ = ["FaultOutcome", "CleanOutcome", "References", "run_fault", "run_clean", "run_catalogue", "run_faults",
+           "select", "write_tables", "DEFAULT_OUT", "PAIR"]
 
 PAIR = "gold_yolo-n"
 NUM_CLASSES = 20
@@ -109,55 +114,48 @@ def score(fault: Fault, findings: Sequence[Any], baseline: Sequence[dict[str, An
 # the torch side once per configuration
 
 
-@contextmanager
-def reference_cache(enabled: bool = True) -> Iterator[dict[tuple[Any, ...], Any]]:
-    """Memoise the torch-side captures of :func:`aligner.api.run_pair` (they do not see Jittor faults).
+class References:
+    """The torch reference of each configuration (pair options and run options), built and captured
+    once and handed to every run of that configuration; with ``enabled=False`` every run gets a fresh one.
+    ``captures()`` tells how many torch captures each configuration took."""
 
-    The key holds everything the torch capture depends on: pair label, config, dtype, seed, states,
-    full/stats-only and the extra capture options (steps).
-    """
-    import aligner.capture as cap  # noqa: PLC0415 - lazy: imports no framework itself
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._current: dict[tuple[Any, ...], Reference] = {}
+        self._replaced: dict[tuple[Any, ...], tuple[int, int]] = {}  # (references, captures) no longer held
 
-    memo: dict[tuple[Any, ...], Any] = {}
-    if not enabled:
-        yield memo
-        return
-    orig_capture, orig_weights = cap.capture_in_process, cap.torch_weights
+    def get(self, pair: Pair, config: RunConfig) -> Reference:
+        key = (pair, config.capture_key())
+        old = self._current.get(key)
+        if old is not None and self.enabled:
+            return old
+        if old is not None:  # a fresh reference per run: only the count of the previous one is kept
+            n, c = self._replaced.get(key, (0, 0))
+            self._replaced[key] = (n + 1, c + old.captures)
+        self._current[key] = ref = Reference(pair, config, keep=self.enabled)
+        return ref
 
-    def key(kind: str, p: Any, states: Any, extra: dict[str, Any]) -> tuple[Any, ...]:
-        return (kind, p.label, json.dumps(p.config(), sort_keys=True, default=str), p.dtype, p.seed,
-                tuple(states or p.states), json.dumps(extra, sort_keys=True, default=str))
-
-    def capture_in_process(pair: Any, framework: Any, **kw: Any) -> Any:
-        if str(framework) != "torch" or isinstance(pair, str) or kw.get("model") is not None:
-            return orig_capture(pair, framework, **kw)
-        k = key("capture", pair, kw.get("states"), {a: b for a, b in kw.items() if a != "states"})
-        if k not in memo:
-            memo[k] = orig_capture(pair, framework, **kw)
-        return memo[k]
-
-    def torch_weights(pair: Any, states: Any = None) -> Any:
-        k = key("weights", pair, states, {})
-        if k not in memo:
-            memo[k] = orig_weights(pair, states)
-        return memo[k]
-
-    cap.capture_in_process, cap.torch_weights = capture_in_process, torch_weights
-    try:
-        yield memo
-    finally:
-        cap.capture_in_process, cap.torch_weights = orig_capture, orig_weights
+    def captures(self) -> list[dict[str, Any]]:
+        """One row per configuration: its pair options, run options, references made and torch captures."""
+        rows = []
+        for (pair, key), ref in self._current.items():
+            n, c = self._replaced.get((pair, key), (0, 0))
+            rows.append({"pair": pair.label, "config": {**pair.config(), "dtype": pair.dtype, "seed": pair.seed},
+                         "steps": key[3], "references": n + 1, "torch_captures": c + ref.captures})
+        return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # runs
 
 
-def _run_pair(img_size: int, dtype: str, steps: int, options: dict[str, Any], seed: int) -> Any:
-    from aligner.api import run_pair  # noqa: PLC0415 - lazy: the frameworks load here
+def _run_pair(img_size: int, dtype: str, steps: int, options: dict[str, Any], seed: int,
+              references: References | None) -> Any:
+    from aligner.api import run  # noqa: PLC0415 - lazy: the frameworks load here
 
-    return run_pair(PAIR, num_classes=NUM_CLASSES, img_size=img_size, dtype=dtype, seed=seed, steps=steps,
-                    **options)
+    pair = get_pair(PAIR, num_classes=NUM_CLASSES, img_size=img_size, dtype=dtype, seed=seed, **options)
+    config = RunConfig(steps=steps)
+    return run(pair, config, reference=references.get(pair, config) if references is not None else None)
 
 
 def fault_size(fault: Fault, img_size: int) -> int:
@@ -166,15 +164,16 @@ def fault_size(fault: Fault, img_size: int) -> int:
 
 
 def run_fault(fault: Fault, *, img_size: int, dtype: str = "float32", seed: int = 0,
-              baseline: Sequence[dict[str, Any]] = ()) -> FaultOutcome:
-    """Plant ``fault``, run the pair, score the findings (``baseline``: the clean port's error findings)."""
+              baseline: Sequence[dict[str, Any]] = (), references: References | None = None) -> FaultOutcome:
+    """Plant ``fault``, run the pair, score the findings (``baseline``: the clean port's error findings;
+    ``references``: the torch sides to reuse, by default captured for this run)."""
     size = fault_size(fault, img_size)
     out = FaultOutcome(fault.name, fault.category, fault.expected_type.value, fault.expected_location,
                        fault.description, fault.description_zh, size, fault.steps, note=fault.note)
     t0 = time.perf_counter()
     try:
         with fault.planted() as probe:
-            result = _run_pair(size, dtype, fault.steps, dict(fault.options), seed)
+            result = _run_pair(size, dtype, fault.steps, dict(fault.options), seed, references)
         out.applied = probe.hits > 0
         out.detected, out.localised, out.rank, out.first, out.n_errors = score(fault, result.findings, baseline)
         out.errors = [_brief(f) for f in result.findings if str(f.severity) == "error"]
@@ -188,13 +187,13 @@ def run_fault(fault: Fault, *, img_size: int, dtype: str = "float32", seed: int 
     return out
 
 
-def run_clean(img_size: int, dtype: str, *, seed: int = 0, steps: int = 0,
-              options: dict[str, Any] | None = None) -> CleanOutcome:
+def run_clean(img_size: int, dtype: str, *, seed: int = 0, steps: int = 0, options: dict[str, Any] | None = None,
+              references: References | None = None) -> CleanOutcome:
     """The unmodified port: every error finding is a false alarm."""
     out = CleanOutcome(img_size, dtype, steps=steps, options=dict(options or {}))
     t0 = time.perf_counter()
     try:
-        result = _run_pair(img_size, dtype, steps, dict(options or {}), seed)
+        result = _run_pair(img_size, dtype, steps, dict(options or {}), seed, references)
         out.verdict = str(result.verdict)
         errs = [f for f in result.findings if str(f.severity) == "error"]
         out.n_errors, out.errors = len(errs), [_brief(f) for f in errs]
@@ -207,26 +206,28 @@ def run_clean(img_size: int, dtype: str, *, seed: int = 0, steps: int = 0,
 
 
 def run_catalogue(faults: Sequence[Fault], *, img_size: int, dtype: str = "float32", seed: int = 0,
-                  cache: bool = True, progress: Callable[[str], None] | None = None
+                  references: References | None = None, progress: Callable[[str], None] | None = None
                   ) -> tuple[list[FaultOutcome], list[CleanOutcome]]:
-    """Every fault in turn (the torch reference captured once per configuration), after a clean run of
-    the unmodified port at each input size used: its error findings are false alarms, not detections."""
+    """Every fault in turn (the torch reference captured once per configuration unless ``references``
+    says otherwise), after a clean run of the unmodified port at each input size used: its error findings
+    are false alarms, not detections."""
     say = progress or (lambda _m: None)
+    refs = references if references is not None else References()
     outcomes: list[FaultOutcome] = []
     baselines: dict[tuple[Any, ...], CleanOutcome] = {}
-    with reference_cache(cache):
-        for i, f in enumerate(faults):
-            size = fault_size(f, img_size)
-            key = (size, f.steps, f.options)
-            if key not in baselines:
-                extra = f", {f.steps} steps" if f.steps else ""
-                say(f"baseline: the correct port at {size} {dtype}{extra} {dict(f.options) or ''}")
-                baselines[key] = b = run_clean(size, dtype, seed=seed, steps=f.steps, options=dict(f.options))
-                say(f"    verdict={b.verdict} errors={b.n_errors} {b.seconds}s")
-            say(f"[{i + 1}/{len(faults)}] {f.name}")
-            o = run_fault(f, img_size=img_size, dtype=dtype, seed=seed, baseline=baselines[key].errors)
-            outcomes.append(o)
-            say(f"    detected={o.detected} localised={o.localised} first={_fmt_first(o.first)} {o.seconds}s")
+    for i, f in enumerate(faults):
+        size = fault_size(f, img_size)
+        key = (size, f.steps, f.options)
+        if key not in baselines:
+            extra = f", {f.steps} steps" if f.steps else ""
+            say(f"baseline: the correct port at {size} {dtype}{extra} {dict(f.options) or ''}")
+            baselines[key] = b = run_clean(size, dtype, seed=seed, steps=f.steps, options=dict(f.options),
+                                           references=refs)
+            say(f"    verdict={b.verdict} errors={b.n_errors} {b.seconds}s")
+        say(f"[{i + 1}/{len(faults)}] {f.name}")
+        o = run_fault(f, img_size=img_size, dtype=dtype, seed=seed, baseline=baselines[key].errors, references=refs)
+        outcomes.append(o)
+        say(f"    detected={o.detected} localised={o.localised} first={_fmt_first(o.first)} {o.seconds}s")
     return outcomes, list(baselines.values())
 
 
@@ -330,63 +331,66 @@ def write_tables(outcomes: Sequence[FaultOutcome], clean: Sequence[CleanOutcome]
     texts = (render_markdown(outcomes, clean, meta, baselines),
              json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     for path, text in zip(paths, texts):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m aligner.faults.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--subset", choices=("all", "fast"), default="all")
-    ap.add_argument("--only", nargs="*", default=None, help="fault names to run (default: the subset)")
-    ap.add_argument("--img-size", type=int, default=100,
-                    help="input size of the fault runs (default 100: small, and not a multiple of 32)")
-    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default benchmarks/results)")
-    ap.add_argument("--no-faults", action="store_true", help="skip the catalogue (clean runs only)")
-    ap.add_argument("--no-clean", action="store_true", help="skip the clean runs on the correct port")
-    ap.add_argument("--clean-sizes", default=",".join(map(str, CLEAN_SIZES)))
-    ap.add_argument("--no-cache", action="store_true", help="recapture the torch side for every fault")
-    args = ap.parse_args(argv)
+def select(subset: str = "all", only: Sequence[str] = ()) -> list[Fault]:
+    """The faults named in ``only`` (catalogue order), else the subset ("all" or "fast")."""
+    names = list(only) or (list(FAST_SUBSET) if subset == "fast" else None)
+    known = [f.name for f in catalogue()]
+    unknown = [n for n in dict.fromkeys(names or ()) if n not in known]
+    if unknown:
+        raise UsageError(f"unknown fault(s): {', '.join(unknown)}; valid names: {', '.join(known)} "
+                         f"(fast subset: {', '.join(FAST_SUBSET)})")
+    return [f for f in catalogue() if names is None or f.name in names]
 
-    names = args.only if args.only else (list(FAST_SUBSET) if args.subset == "fast" else None)
-    faults = [f for f in catalogue() if names is None or f.name in names]
-    if names is not None and len(faults) != len(set(names)):
-        known = {f.name for f in catalogue()}
-        print(f"unknown fault(s): {', '.join(sorted(set(names) - known))}", file=sys.stderr)
-        return 2
-    say = lambda m: print(m, flush=True)  # noqa: E731
-    meta: dict[str, Any] = {"pair": PAIR, "num_classes": NUM_CLASSES, "seed": args.seed, "img_size": args.img_size,
-                            "dtype": args.dtype, "subset": args.subset if not args.only else "only",
-                            "load_start": _loadavg(), "cpus": os.cpu_count(), "cache": not args.no_cache}
+
+def run_faults(*, subset: str = "all", only: Sequence[str] = (), img_size: int = 100, dtype: str = "float32",
+               seed: int = 0, out: str | os.PathLike[str] = DEFAULT_OUT, faults: bool = True, clean: bool = True,
+               clean_sizes: Sequence[int] = CLEAN_SIZES, cache: bool = True,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the catalogue (``faults``) and the clean runs (``clean``), write ``faults.md`` / ``faults.json``
+    under ``out`` and return the headline numbers. ``cache=False`` recaptures the torch side every run."""
+    chosen = select(subset, only)
+    say = progress or (lambda _m: None)
+    meta: dict[str, Any] = {"pair": PAIR, "num_classes": NUM_CLASSES, "seed": seed, "img_size": img_size,
+                            "dtype": dtype, "subset": "only" if only else subset,
+                            "load_start": _loadavg(), "cpus": os.cpu_count(), "cache": cache}
     outcomes: list[FaultOutcome] = []
-    clean: list[CleanOutcome] = []
+    clean_runs: list[CleanOutcome] = []
     baselines: list[CleanOutcome] = []
+    refs = References(cache)
     t0 = time.perf_counter()
-    if not args.no_faults:
-        outcomes, baselines = run_catalogue(faults, img_size=args.img_size, dtype=args.dtype, seed=args.seed,
-                                 cache=not args.no_cache, progress=say)
+    if faults:
+        outcomes, baselines = run_catalogue(chosen, img_size=img_size, dtype=dtype, seed=seed, references=refs,
+                                            progress=say)
     meta["catalogue_seconds"] = round(time.perf_counter() - t0, 1)
     meta["baseline_seconds"] = round(sum(b.seconds for b in baselines), 1)
+    meta["torch_captures"] = refs.captures()
     t1 = time.perf_counter()
-    if not args.no_clean:
-        for size in (int(s) for s in args.clean_sizes.split(",") if s):
-            for dtype in CLEAN_DTYPES:
-                say(f"clean {size} {dtype}")
-                c = run_clean(size, dtype, seed=args.seed)
+    if clean:
+        for size in clean_sizes:
+            for dt in CLEAN_DTYPES:
+                say(f"clean {size} {dt}")
+                c = run_clean(size, dt, seed=seed)
                 say(f"    verdict={c.verdict} errors={c.n_errors} {c.seconds}s")
-                clean.append(c)
+                clean_runs.append(c)
     meta["clean_seconds"] = round(time.perf_counter() - t1, 1)
     meta["load_end"] = _loadavg()
-    md, js = write_tables(outcomes, clean, meta, args.out, baselines=baselines)
-    h = headline(outcomes, clean, baselines)
+    md, js = write_tables(outcomes, clean_runs, meta, out, baselines=baselines)
+    h = headline(outcomes, clean_runs, baselines)
+    for row in meta["torch_captures"]:
+        say(f"torch side of {row['pair']} {row['config']['img_size']} {row['config']['dtype']}"
+            f"{' steps=' + str(row['steps']) if row['steps'] else ''}: {row['torch_captures']} captures "
+            f"for {row['references']} reference(s)")
     say(f"wrote {md} and {js}: detected {h['detected']}/{h['faults']}, localised {h['localised']}/{h['faults']}, "
         f"false alarms {h['false_alarms']} in {h['clean_runs']} clean runs "
         f"(+{h['baseline_false_alarms']} at the catalogue sizes)")
-    return 0
+    return h
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same command as `aligner faults`
+    from aligner.cli import main as _cli_main
+
+    sys.exit(_cli_main(["faults", *sys.argv[1:]]))

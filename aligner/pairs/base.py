@@ -8,12 +8,14 @@ frameworks see identical numbers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..adapters.base import LossFn
+from ..rules.pair import PairRules
 
 __all__ = ["Pair", "PairInputs"]
 
@@ -26,17 +28,22 @@ class PairInputs:
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able description (shapes, recipe)
 
 
+@dataclass(frozen=True, kw_only=True)
 class Pair(ABC):
-    """A registered model pair. Subclasses set ``name``/``states`` and implement the hooks below."""
+    """A registered model pair: frozen options (change one with ``dataclasses.replace``). Subclasses set
+    ``name``/``states``, add their options as fields and implement the hooks below."""
 
-    name: str = "pair"
-    states: tuple[str, ...] = ("default",)   # model states a default run checks, in order
-    item_names: tuple[str, ...] = ()         # loss item names (stage "loss_items")
+    name: ClassVar[str] = "pair"
+    states: ClassVar[tuple[str, ...]] = ("default",)   # model states a default run checks, in order
+    item_names: ClassVar[tuple[str, ...]] = ()         # loss item names (stage "loss_items")
 
-    def __init__(self, *, seed: int = 0, dtype: str = "float32", batch: int = 2) -> None:
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        self.seed, self.dtype, self.batch = seed, dtype, batch
+    seed: int = 0
+    dtype: str = "float32"
+    batch: int = 2
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
     def config(self) -> dict[str, Any]:
         """Pair-specific options for results.json ``run.config`` (JSON-able)."""
@@ -46,6 +53,10 @@ class Pair(ABC):
     def label(self) -> str:
         """Registered name with its variant, e.g. ``gold_yolo-n``."""
         return self.name
+
+    def rules(self) -> PairRules | None:
+        """Finding rules of this pair beyond the generic ones (anchors, assigner, name hints); None: none."""
+        return None
 
     # ----- models ------------------------------------------------------------------------------
     @abstractmethod
@@ -87,6 +98,27 @@ class Pair(ABC):
 
     def build_for(self, framework: str, **options: Any) -> Any:
         return self.build_torch() if framework == "torch" else self.build_jittor(**options)
+
+    def _seeded_torch(self, build: Callable[[], Any]) -> Any:
+        """``build()`` under ``torch.manual_seed(seed)``, cast to the pair's dtype, in the checked mode."""
+        import torch  # noqa: PLC0415 - lazy
+        torch.manual_seed(self.seed)
+        model = build()
+        if self.dtype == "float64":  # built (and initialised) in float32, as the golden data was
+            model = model.double()
+        self.prepare(model, "torch")
+        return model
+
+    def _seeded_jittor(self, build: Callable[[], Any]) -> Any:
+        """``build()`` under ``jt.set_global_seed(seed)``, cast to the pair's dtype, in the checked mode."""
+        import jittor_impl.env  # noqa: F401, PLC0415 - configures Jittor before it is imported
+        import jittor as jt  # noqa: PLC0415
+        jt.set_global_seed(self.seed)
+        model = build()
+        if self.dtype == "float64":
+            model.float64()
+        self.prepare(model, "jittor")
+        return model
 
     # ----- stages --------------------------------------------------------------------------------
     def summarize_stages(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:

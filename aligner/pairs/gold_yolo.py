@@ -14,28 +14,23 @@
 """
 from __future__ import annotations
 
-import math
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
 from ..adapters.base import LossContext, LossFn
+from ..rules.pair import PairRules
 from .base import Pair, PairInputs
+from .gold_yolo_rules import RULES, STRIDES, expected_anchors
 
 __all__ = ["GoldYoloPair", "BOX_RANGES", "expected_anchors"]
 
 SIZES = ("n", "s", "m", "l")
 BOX_RANGES = ((0.05, 0.15), (0.15, 0.3), (0.3, 0.5))  # (lo, hi) of w and h for box 0, 1, 2 of an image
-STRIDES = (8, 16, 32)
 ASSIGN_NAMES = ("target_labels", "target_bboxes", "target_scores", "fg_mask")
-
-
-def expected_anchors(img_size: int, strides: tuple[int, ...] = STRIDES) -> list[dict[str, int]]:
-    """Per level h = w = ceil(S / stride): each stride-2 conv (k3, p1) maps n to ceil(n / 2)."""
-    return [{"stride": s, "h": math.ceil(img_size / s), "w": math.ceil(img_size / s),
-             "count": math.ceil(img_size / s) ** 2} for s in strides]
 
 
 class _Tap:
@@ -79,28 +74,36 @@ def _tapped(loss_obj: Any, ctx: LossContext) -> Iterator[None]:
         loss_obj.formal_assigner, loss_obj.warmup_assigner = orig
 
 
+@dataclass(frozen=True, kw_only=True)
 class GoldYoloPair(Pair):
-    name = "gold_yolo"
-    states = ("init", "perturbed")
-    item_names = ("iou", "dfl", "cls")
+    name: ClassVar[str] = "gold_yolo"
+    states: ClassVar[tuple[str, ...]] = ("init", "perturbed")
+    item_names: ClassVar[tuple[str, ...]] = ("iou", "dfl", "cls")
 
-    def __init__(self, *, size: str = "n", num_classes: int = 20, img_size: int = 500, use_dfl: bool = True,
-                 reg_max: int | None = None, batch: int = 2, dtype: str = "float32", seed: int = 0,
-                 assigner: str = "tal") -> None:
-        super().__init__(seed=seed, dtype=dtype, batch=batch)
-        if size not in SIZES:
-            raise ValueError(f"gold_yolo size must be one of {SIZES}, got {size!r}")
-        if assigner not in ("tal", "atss"):
+    size: str = "n"
+    num_classes: int = 20
+    img_size: int = 500
+    use_dfl: bool = True
+    reg_max: int | None = None    # None: 16 with DFL, else 0 (set in __post_init__)
+    assigner: str = "tal"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.size not in SIZES:
+            raise ValueError(f"gold_yolo size must be one of {SIZES}, got {self.size!r}")
+        if self.assigner not in ("tal", "atss"):
             raise ValueError("assigner must be 'tal' (warmup_epoch 0) or 'atss' (warm-up path)")
-        if img_size < 32 or num_classes < 1 or batch < 1:
+        if self.img_size < 32 or self.num_classes < 1 or self.batch < 1:
             raise ValueError("need img_size >= 32, num_classes >= 1, batch >= 1")
-        self.size, self.num_classes, self.img_size, self.use_dfl = size, num_classes, img_size, use_dfl
-        self.reg_max = (16 if use_dfl else 0) if reg_max is None else reg_max
-        self.assigner = assigner
+        if self.reg_max is None:  # a frozen dataclass sets a derived default through object.__setattr__
+            object.__setattr__(self, "reg_max", 16 if self.use_dfl else 0)
 
     @property
     def label(self) -> str:
         return f"gold_yolo-{self.size}"
+
+    def rules(self) -> PairRules:
+        return RULES
 
     def config(self) -> dict[str, Any]:
         return {"size": self.size, "num_classes": self.num_classes, "img_size": self.img_size,
@@ -113,25 +116,12 @@ class GoldYoloPair(Pair):
 
     # ----- models ------------------------------------------------------------------------------
     def build_torch(self) -> Any:
-        import torch  # noqa: PLC0415 - lazy
-        import reference_torch  # noqa: PLC0415
-        torch.manual_seed(self.seed)
-        model = reference_torch.build_model(self.label, **self._build_args())
-        if self.dtype == "float64":  # built (and initialised) in float32, as the golden step 7 does
-            model = model.double()
-        self.prepare(model, "torch")
-        return model
+        import reference_torch  # noqa: PLC0415 - lazy
+        return self._seeded_torch(lambda: reference_torch.build_model(self.label, **self._build_args()))
 
     def build_jittor(self, **options: Any) -> Any:
-        import aligner.env  # noqa: F401, PLC0415 - before jittor
-        import jittor as jt  # noqa: PLC0415
-        import jittor_impl  # noqa: PLC0415
-        jt.set_global_seed(self.seed)
-        model = jittor_impl.build_model(self.label, **self._build_args())
-        if self.dtype == "float64":
-            model.float64()
-        self.prepare(model, "jittor")
-        return model
+        import jittor_impl  # noqa: PLC0415 - lazy
+        return self._seeded_jittor(lambda: jittor_impl.build_model(self.label, **self._build_args()))
 
     def apply_state(self, torch_model: Any, state: str) -> None:
         super().apply_state(torch_model, state)
@@ -196,7 +186,7 @@ class GoldYoloPair(Pair):
         out = super().summarize_stages(arrays)
         exp = expected_anchors(self.img_size)
         anchors: dict[str, Any] = {"img_size": self.img_size, "strides": list(STRIDES),
-                                   "expected": sum(e["count"] for e in exp)}
+                                   "expected": sum(e["expected"] for e in exp)}
         per_level = arrays.get("stage/anchors_per_level")
         hw = arrays.get("stage/feat_hw")
         if per_level is not None:
@@ -204,7 +194,7 @@ class GoldYoloPair(Pair):
             anchors["count"] = int(sum(per))
             anchors["levels"] = [{"stride": e["stride"], "h": int(hw[i][0]) if hw is not None and i < len(hw) else None,
                                   "w": int(hw[i][1]) if hw is not None and i < len(hw) else None,
-                                  "count": per[i] if i < len(per) else None, "expected": e["count"]}
+                                  "count": per[i] if i < len(per) else None, "expected": e["expected"]}
                                  for i, e in enumerate(exp)]
         elif "stage/anchors" in arrays:
             anchors["count"] = int(np.asarray(arrays["stage/anchors"]).shape[0])

@@ -8,7 +8,8 @@ States mirror GOLD-YOLO: ``init`` (zero head weights: only the heads get gradien
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,41 +19,32 @@ from .base import Pair, PairInputs
 __all__ = ["SmallPair"]
 
 
+@dataclass(frozen=True, kw_only=True)
 class SmallPair(Pair):
-    name = "small"
-    states = ("init", "perturbed")
-    item_names = ("cls", "reg")
-    perturbed_tensors = ("cls_pred.weight", "reg_pred.weight")
+    name: ClassVar[str] = "small"
+    states: ClassVar[tuple[str, ...]] = ("init", "perturbed")
+    item_names: ClassVar[tuple[str, ...]] = ("cls", "reg")
+    perturbed_tensors: ClassVar[tuple[str, ...]] = ("cls_pred.weight", "reg_pred.weight")
 
-    def __init__(self, *, seed: int = 0, dtype: str = "float32", batch: int = 2, img_size: int = 32,
-                 num_classes: int = 3) -> None:
-        super().__init__(seed=seed, dtype=dtype, batch=batch)
-        if img_size % 4:
+    img_size: int = 32
+    num_classes: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.img_size % 4:
             raise ValueError("small pair: img_size must be a multiple of 4")
-        self.img_size, self.num_classes = img_size, num_classes
 
     def config(self) -> dict[str, Any]:
         return {"batch": self.batch, "img_size": self.img_size, "num_classes": self.num_classes}
 
     def build_torch(self) -> Any:
-        import torch  # noqa: PLC0415 - lazy
-
-        from . import _small_torch  # noqa: PLC0415
-        torch.manual_seed(self.seed)
-        model = _small_torch.SmallNet(self.num_classes)
-        model = model.double() if self.dtype == "float64" else model
-        self.prepare(model, "torch")
-        return model
+        from . import _small_torch  # noqa: PLC0415 - lazy
+        return self._seeded_torch(lambda: _small_torch.SmallNet(self.num_classes))
 
     def build_jittor(self, **options: Any) -> Any:
+        """``options["fault"]`` builds one of the port's deliberate faults (see ``_small_jittor``)."""
         from . import _small_jittor  # noqa: PLC0415 - lazy, imports jittor
-        import jittor as jt  # noqa: PLC0415 - after aligner.env (imported by _small_jittor)
-        jt.set_global_seed(self.seed)
-        model = _small_jittor.SmallNet(self.num_classes, fault=options.get("fault"))
-        if self.dtype == "float64":
-            model.float64()
-        self.prepare(model, "jittor")
-        return model
+        return self._seeded_jittor(lambda: _small_jittor.SmallNet(self.num_classes, fault=options.get("fault")))
 
     def apply_state(self, torch_model: Any, state: str) -> None:
         super().apply_state(torch_model, state)

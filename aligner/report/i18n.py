@@ -20,7 +20,7 @@ _EN: dict[str, str] = {
     "counts_line": "{errors} errors · {warnings} warnings · {infos} info",
     "nav_findings": "Findings", "nav_plots": "Plots", "nav_layers": "Layers", "nav_tree": "Module tree",
     "nav_params": "Parameters", "nav_anchors": "Anchors", "nav_loss": "Loss & assigner",
-    "nav_fixlog": "Fix log", "nav_context": "Run context",
+    "nav_fixlog": "Fix log", "nav_context": "Run context", "nav_quick": "Answers",
     "findings": "Findings", "no_findings": "No findings.",
     "severity": "Severity", "type": "Type", "location": "Location", "state": "State", "message": "Message",
     "evidence": "Evidence", "likely_cause": "Likely cause", "state_independent": "any",
@@ -47,7 +47,7 @@ _EN: dict[str, str] = {
     "buffers": "buffers", "module": "module", "torch": "torch", "jittor": "jittor",
     "params": "Parameters", "param_trainable_tensors": "trainable tensors", "param_frozen": "frozen",
     "grad_pattern": "Gradient pattern", "same": "same", "different": "different",
-    "nonzero": "non-zero", "zero": "zero", "unreachable": "unreachable",
+    "nonzero": "non-zero", "zero": "zero", "unreachable": "unreachable", "frozen": "frozen",
     "unmatched": "Unmatched modules", "unmatched_torch": "only in torch", "unmatched_jittor": "only in jittor",
     "none": "none",
     "anchors": "Anchors", "anchors_img": "input size", "stride": "stride", "hxw": "H × W",
@@ -56,7 +56,7 @@ _EN: dict[str, str] = {
     "loss": "Loss and assigner", "loss_item": "item", "rel": "rel", "fg_count": "foreground anchors",
     "target_scores_sum": "target score sum",
     "steps": "Multi-step drift", "step": "step",
-    "fixlog": "Fix log", "fixlog_empty": "No fix-log entries for this run (use `aligner run --fixlog PATH`).",
+    "fixlog": "Fix log", "fixlog_empty": "No fix-log entries for this run. To keep one, pass a fix-log directory:",
     "context": "Run context", "pair": "pair", "config": "config", "dtype": "dtype", "seed": "seed",
     "states": "states", "versions": "versions", "onednn": "Jittor oneDNN", "timings": "timings (s)",
     "tolerances": "tolerances", "run_id": "run id", "created": "created", "yes": "yes", "no": "no",
@@ -78,6 +78,98 @@ _EN: dict[str, str] = {
     "cli_verdict": "verdict", "cli_written": "written",
     "anchors_cli_level": "level", "anchors_cli_total": "total anchors", "params_total": "Total params",
     "tensors": "tensors",
+    "params_counters": "plus {n} BatchNorm num_batches_tracked counters, left out here and in the report",
+    # culprit-first headline
+    "head_pass": "No divergence: all {compared} compared tensors are within tolerance; no error finding.",
+    "head_pass_cause": "The port matches the reference within the reference's own float32 noise.",
+    "head_forward": ("Culprit: {location}: the forward pass first diverges here (state {state}): {metric} {value} > tol "
+                     "{tol}{intro}."),
+    "head_backward": ("Culprit: {location}: the backward pass first diverges here (state {state}): {metric} {value} > tol "
+                      "{tol}{intro}."),
+    "head_introduced": "; {ratio}× the error of its inputs (introduced here)",
+    "head_model": "Culprit: the whole model: {type} (state {state}).",
+    "head_finding": "Culprit: {location}: {type} (state {state}).",
+    "head_fail_unknown": "The port fails, but results.json names no error finding.",
+    "head_show_row": "show the row", "head_show_finding": "show the finding",
+    "whole_model": "the whole model", "cause": "Cause", "next_step": "Next step",
+    "next_forward_divergence": ("Compare the forward code of {location} ({module_type}) in both frameworks: its "
+                                "inputs agree, its output does not. Check defaults (eps, momentum, align_corners, "
+                                "pooling windows) and in-place ops."),
+    "next_backward_divergence": ("Look in the port's {location} for a detach(), stop_grad(), no_grad block or a trip "
+                                 "through numpy: the gradient arriving at its output agrees, the one it passes back "
+                                 "does not."),
+    "next_frozen_parameter": ("Find where the port stops gradients for {location}: eval() or no_grad before the "
+                              "gradient pass, stop_grad() on weights, requires_grad_(False)."),
+    "next_unreachable_gradient": ("The graph is cut before {location}: find the detach(), stop_grad() or numpy round "
+                                  "trip between it and the loss."),
+    "next_gradient_pattern": ("Compare which parameters of {location} get a gradient in each framework (Parameters "
+                              "panel below)."),
+    "next_mode_mismatch": ("Align the module attributes of {location} (eps, momentum, training flag) with the "
+                           "reference."),
+    "next_shape_mismatch": "Check the channel widths, strides and reshapes of {location} against the reference.",
+    "next_missing_parameter": ("Register the missing tensors of {location} as parameters in the port (not plain "
+                               "attributes or Python lists)."),
+    "next_extra_parameter": "Make the port's extra tensors at {location} buffers or constants, as in the reference.",
+    "next_param_count_drift": "Compare the parameter inventory of {location} (Parameters panel below).",
+    "next_anchor_count_drift": ("Compare the anchor grid (strides, ceil vs floor of the feature sizes) with the "
+                                "Anchors panel."),
+    "next_loss_divergence": "Inputs to the loss agree: compare the loss code item by item (Loss & assigner panel).",
+    "next_assigner_mismatch": "Compare the assigner's parameters (top-k, alpha, beta) and the anchors fed to it.",
+    "next_init_mismatch": ("The port's fresh initialisation differs: compare its initialize_weights with the "
+                           "reference."),
+    "next_default": "Open the finding at {location} below and compare that code in both frameworks.",
+    "explained_by": "explained by the break at {location}", "follow_on": "{n} follow-on finding(s)",
+    "first_divergence": "first divergence",
+    # the two questions that stall a port
+    "quick": "Questions this run answers",
+    "q_anchors": "How many anchors should there be?",
+    "q_anchors_answer": "{total} for {size}×{size}: {terms} = {counts} (strides {strides}: {ceil}).",
+    "q_anchors_wrong": ("The often-quoted {wrong} is the count for {wrong_size}×{wrong_size} ({wrong_terms}), not "
+                        "for this input size."),
+    "q_anchors_same": "This is the often-quoted count for {wrong_size}×{wrong_size}.",
+    "q_anchors_sides": "Reference {torch}, port {jittor}: {verdict}.",
+    "q_anchors_ok": "both agree with the arithmetic", "q_anchors_bad": "they disagree (see the Anchors panel)",
+    "q_grads": "Why do so few parameters get a gradient?",
+    "q_grads_answer": ("State {state}: {nz} of {total} trainable tensors get a non-zero gradient in the reference "
+                       "({zero} zero, {unr} unreachable, {frozen} frozen); the port: {pnz} non-zero, {pzero} zero, "
+                       "{punr} unreachable, {pfrozen} frozen."),
+    "q_grads_same": "Same pattern in both frameworks: the sparsity is the model's, not the port's.",
+    "q_grads_diff": "The patterns differ: the port loses gradients (see the findings).",
+    "q_params": ("Reconciliation: the reference has {tt} trainable tensors ({te} elements), {be} buffer elements (BN "
+                 "running stats, not parameters), {fe} frozen and {ce} constant elements; the port has {jtt} "
+                 "trainable tensors ({jte}), {jbe} buffer, {jfe} frozen elements."),
+    "q_params_extra": "Only in the port: {items}.", "q_params_missing": "Missing in the port: {items}.",
+    "q_params_frameworks": ("A framework's own parameter count can differ from this: Jittor lists BN "
+                            "running_mean/running_var among parameters(); this inventory counts them as buffers on "
+                            "both sides."),
+    # layer table paging
+    "page": "page {page} of {pages}", "prev": "previous", "next": "next",
+    "no_js": "The layer table needs JavaScript.",
+    "fx_filter_status": "status", "fx_search": "filter entries…", "fx_id": "id",
+    "fx_word_done": "Done", "fx_word_open": "Open", "fx_word_partial": "Partial",
+    "plot_zero": "exactly 0", "plot_fd": "first divergence", "cov_frozen": "frozen",
+    "plot_tol_state": "tolerance ({state})", "slash_hint": "press / to search",
+    # model states and evidence keys/values (results.json names them in English)
+    "step_n": "step {n}", "loss_item_y": "loss", "drift_y": "drift",
+    "st_init": "init", "st_perturbed": "perturbed", "st_eval": "eval", "st_train": "train",
+    "ev_metric": "metric", "ev_value": "value", "ev_tol": "tol", "ev_introduced_ratio": "introduced ratio",
+    "ev_downstream_failing": "failing downstream", "ev_attr": "attribute", "ev_torch": "torch", "ev_jittor": "jittor",
+    "ev_params": "parameters", "ev_mismatched": "mismatched", "ev_nonzero": "non-zero", "ev_zero": "zero",
+    "ev_unreachable": "unreachable", "ev_frozen": "frozen", "ev_total": "total", "ev_same": "same",
+    "ev_item": "item", "ev_rel": "rel", "ev_side": "side", "ev_explained_by": "explained by",
+    "ev_zero_initialised": "zero-initialised", "ev_zero_gradient": "zero gradient", "ev_count": "count",
+    "ev_expected": "expected", "ev_state": "state", "ev_location": "location", "ev_names": "names",
+    "ev_torch_name": "torch name", "ev_jittor_name": "jittor name", "ev_sub": "output part",
+    "ev_failing_rows": "failing rows", "ev_max_abs": "max abs", "ev_cosine": "cosine", "ev_noise_floor": "noise floor",
+    "ev_shape_torch": "shape (torch)", "ev_shape_jittor": "shape (jittor)", "ev_module_type": "module type",
+    "ev_missing": "missing on", "ev_candidates": "candidates", "ev_graph_broken": "graph broken",
+    "ev_torch_status": "torch status", "ev_jittor_status": "jittor status", "ev_listed": "all {n} listed",
+    "ev_torch_kind": "torch kind", "ev_jittor_kind": "jittor kind", "ev_frozen_by": "frozen by",
+    "val_trainable": "trainable", "val_frozen_by_eval": "eval() before the gradient pass",
+    "val_nonzero": "non-zero", "val_zero": "zero", "val_unreachable": "unreachable", "val_frozen": "frozen",
+    "val_torch": "torch", "val_jittor": "jittor", "val_missing": "missing",
+    "val_prediction convolutions": "prediction convolutions",
+    "val_reachable zero gradients": "reachable zero gradients",
 }
 
 _ZH: dict[str, str] = {
@@ -90,7 +182,7 @@ _ZH: dict[str, str] = {
     "counts_line": "{errors} 个错误 · {warnings} 个警告 · {infos} 个提示",
     "nav_findings": "发现", "nav_plots": "图表", "nav_layers": "逐层", "nav_tree": "模块树",
     "nav_params": "参数", "nav_anchors": "锚点", "nav_loss": "损失与分配器",
-    "nav_fixlog": "修复记录", "nav_context": "运行环境",
+    "nav_fixlog": "修复记录", "nav_context": "运行环境", "nav_quick": "解答",
     "findings": "发现", "no_findings": "没有发现。",
     "severity": "严重性", "type": "类型", "location": "位置", "state": "状态", "message": "说明",
     "evidence": "证据", "likely_cause": "可能原因", "state_independent": "任意",
@@ -117,16 +209,16 @@ _ZH: dict[str, str] = {
     "buffers": "缓冲区", "module": "模块", "torch": "torch", "jittor": "jittor",
     "params": "参数", "param_trainable_tensors": "可训练张量", "param_frozen": "冻结",
     "grad_pattern": "梯度模式", "same": "相同", "different": "不同",
-    "nonzero": "非零", "zero": "为零", "unreachable": "不可达",
+    "nonzero": "非零", "zero": "为零", "unreachable": "不可达", "frozen": "冻结",
     "unmatched": "未匹配模块", "unmatched_torch": "只在 torch", "unmatched_jittor": "只在 jittor",
     "none": "无",
     "anchors": "锚点", "anchors_img": "输入尺寸", "stride": "步长", "hxw": "H × W",
     "count": "数量", "expected": "期望", "total": "合计",
-    "anchors_formula": "期望 = 各层 ceil(S / stride)² 之和（3×3 步长 2 卷积：out = ceil(in / 2)）",
+    "anchors_formula": "期望 = 各层 ceil(S / 步长)² 之和（3×3、步长 2 的卷积：输出 = ceil(输入 / 2)）",
     "loss": "损失与分配器", "loss_item": "项", "rel": "相对误差", "fg_count": "前景锚点数",
     "target_scores_sum": "目标分数和",
     "steps": "多步漂移", "step": "步",
-    "fixlog": "修复记录", "fixlog_empty": "本次运行没有修复记录（使用 `aligner run --fixlog PATH`）。",
+    "fixlog": "修复记录", "fixlog_empty": "本次运行没有修复记录。如需记录，请传入修复记录目录：",
     "context": "运行环境", "pair": "模型对", "config": "配置", "dtype": "数据类型", "seed": "随机种子",
     "states": "模型状态", "versions": "版本", "onednn": "Jittor oneDNN", "timings": "耗时（秒）",
     "tolerances": "容差", "run_id": "运行 ID", "created": "创建时间", "yes": "是", "no": "否",
@@ -145,6 +237,78 @@ _ZH: dict[str, str] = {
     "cli_verdict": "结论", "cli_written": "已写入",
     "anchors_cli_level": "层", "anchors_cli_total": "锚点总数", "params_total": "参数总数",
     "tensors": "个张量",
+    "params_counters": "另有 {n} 个 BatchNorm num_batches_tracked 计数器，此处与报告中均不计入",
+    "head_pass": "没有分歧：全部 {compared} 个比较的张量都在容差内；没有错误级发现。",
+    "head_pass_cause": "移植版与参考实现的差异不超过参考实现自身的 float32 噪声。",
+    "head_forward": "元凶：{location}：前向首先在此处分歧（状态 {state}）：{metric} = {value} > 容差 {tol}{intro}。",
+    "head_backward": "元凶：{location}：反向首先在此处分歧（状态 {state}）：{metric} = {value} > 容差 {tol}{intro}。",
+    "head_introduced": "；是其输入误差的 {ratio} 倍（误差在此引入）",
+    "head_model": "元凶：整个模型：{type}（状态 {state}）。",
+    "head_finding": "元凶：{location}：{type}（状态 {state}）。",
+    "head_fail_unknown": "移植未通过，但 results.json 中没有错误级发现。",
+    "head_show_row": "查看该行", "head_show_finding": "查看该发现",
+    "whole_model": "整个模型", "cause": "原因", "next_step": "下一步",
+    "next_forward_divergence": ("对比两个框架中 {location}（{module_type}）的前向代码：输入一致，输出不一致。检查默认参数（"
+                                "eps、momentum、align_corners、池化窗口）和原地操作。"),
+    "next_backward_divergence": ("在移植版的 {location} 中查找 detach()、stop_grad()、no_grad 块或经 numpy 的往返：到达其输出的梯度一致，"
+                                 "它向前传递的梯度不一致。"),
+    "next_frozen_parameter": ("找出移植版在何处阻断了 {location} 的梯度：梯度计算前调用了 eval() 或 no_grad、对权重调用 "
+                              "stop_grad()、requires_grad_(False)。"),
+    "next_unreachable_gradient": "{location} 之前的计算图被切断：在它与损失之间查找 detach()、stop_grad() 或 numpy 往返。",
+    "next_gradient_pattern": "对比两个框架中 {location} 的哪些参数得到梯度（见下方参数面板）。",
+    "next_mode_mismatch": "使 {location} 的模块属性（eps、momentum、训练标志）与参考实现一致。",
+    "next_shape_mismatch": "对照参考实现检查 {location} 的通道宽度、步长和 reshape。",
+    "next_missing_parameter": "在移植版中把 {location} 缺少的张量注册为参数（而不是普通属性或 Python 列表）。",
+    "next_extra_parameter": "像参考实现一样，把移植版在 {location} 多出的张量设为缓冲区或常量。",
+    "next_param_count_drift": "对比 {location} 的参数清单（见下方参数面板）。",
+    "next_anchor_count_drift": "对照锚点面板比较锚点网格（步长、特征图尺寸向上还是向下取整）。",
+    "next_loss_divergence": "损失的输入一致：逐项对比损失代码（见损失与分配器面板）。",
+    "next_assigner_mismatch": "对比分配器的参数（top-k、alpha、beta）以及输入给它的锚点。",
+    "next_init_mismatch": "移植版新建模型的初始化不同：对比它与参考实现的 initialize_weights。",
+    "next_default": "打开下方 {location} 处的发现，对比两个框架中对应的代码。",
+    "explained_by": "由 {location} 处的断点解释", "follow_on": "{n} 个后续发现",
+    "first_divergence": "首个分歧",
+    "quick": "本次运行回答的问题",
+    "q_anchors": "应该有多少个锚点？",
+    "q_anchors_answer": "{size}×{size} 输入为 {total} 个：{terms} = {counts}（步长 {strides}：{ceil}）。",
+    "q_anchors_wrong": "常被引用的 {wrong} 是 {wrong_size}×{wrong_size} 输入的数量（{wrong_terms}），不是本输入尺寸的。",
+    "q_anchors_same": "这正是常被引用的 {wrong_size}×{wrong_size} 输入的数量。",
+    "q_anchors_sides": "参考实现 {torch}，移植版 {jittor}：{verdict}。",
+    "q_anchors_ok": "两者都与计算一致", "q_anchors_bad": "两者不一致（见锚点面板）",
+    "q_grads": "为什么只有很少的参数得到梯度？",
+    "q_grads_answer": ("状态 {state}：参考实现中 {total} 个可训练张量里有 {nz} 个得到非零梯度（{zero} 个为零，{unr} 个不可达，{frozen} 个冻结）；移植版：{pnz} "
+                       "个非零，{pzero} 个为零，{punr} 个不可达，{pfrozen} 个冻结。"),
+    "q_grads_same": "两个框架的模式相同：稀疏来自模型本身，而不是移植。",
+    "q_grads_diff": "两个框架的模式不同：移植版丢失了梯度（见发现）。",
+    "q_params": ("对账：参考实现有 {tt} 个可训练张量（{te} 个元素）、{be} 个缓冲区元素（BN 运行统计量，不是参数）、{fe} 个冻结元素和 {ce} 个常量元素；移植版有 {jtt} 个可训练张量（"
+                 "{jte} 个元素）、{jbe} 个缓冲区元素、{jfe} 个冻结元素。"),
+    "q_params_extra": "只在移植版中：{items}。", "q_params_missing": "移植版中缺少：{items}。",
+    "q_params_frameworks": ("框架自身给出的参数数量可能与此不同：Jittor 的 parameters() 包含 BN 的 running_mean/running_var；"
+                            "本清单在两侧都把它们计为缓冲区。"),
+    "page": "第 {page} / {pages} 页", "prev": "上一页", "next": "下一页", "no_js": "逐层表格需要 JavaScript。",
+    "fx_filter_status": "状态", "fx_search": "筛选记录…", "fx_id": "编号",
+    "fx_word_done": "完成", "fx_word_open": "待修复", "fx_word_partial": "部分完成",
+    "plot_zero": "恰好为 0", "plot_fd": "首个分歧", "cov_frozen": "冻结",
+    "plot_tol_state": "容差（{state}）", "slash_hint": "按 / 搜索",
+    "step_n": "第 {n} 步", "loss_item_y": "损失", "drift_y": "漂移",
+    "st_init": "初始化", "st_perturbed": "扰动", "st_eval": "评估", "st_train": "训练",
+    "ev_metric": "指标", "ev_value": "数值", "ev_tol": "容差", "ev_introduced_ratio": "引入比",
+    "ev_downstream_failing": "下游失败数", "ev_attr": "属性", "ev_torch": "torch", "ev_jittor": "jittor",
+    "ev_params": "参数", "ev_mismatched": "不一致数", "ev_nonzero": "非零", "ev_zero": "为零",
+    "ev_unreachable": "不可达", "ev_frozen": "冻结", "ev_total": "合计", "ev_same": "相同",
+    "ev_item": "项", "ev_rel": "相对误差", "ev_side": "一侧", "ev_explained_by": "解释",
+    "ev_zero_initialised": "零初始化", "ev_zero_gradient": "零梯度", "ev_count": "数量",
+    "ev_expected": "期望", "ev_state": "状态", "ev_location": "位置", "ev_names": "名称",
+    "ev_torch_name": "torch 名称", "ev_jittor_name": "jittor 名称", "ev_sub": "输出部分",
+    "ev_failing_rows": "失败行数", "ev_max_abs": "最大绝对误差", "ev_cosine": "余弦", "ev_noise_floor": "噪声底",
+    "ev_shape_torch": "形状（torch）", "ev_shape_jittor": "形状（jittor）", "ev_module_type": "模块类型",
+    "ev_missing": "缺失于", "ev_candidates": "候选", "ev_graph_broken": "计算图断开",
+    "ev_torch_status": "torch 状态", "ev_jittor_status": "jittor 状态", "ev_listed": "列出的全部 {n} 个",
+    "ev_torch_kind": "torch 类别", "ev_jittor_kind": "jittor 类别", "ev_frozen_by": "冻结原因",
+    "val_trainable": "可训练", "val_frozen_by_eval": "梯度计算前调用了 eval()",
+    "val_nonzero": "非零", "val_zero": "为零", "val_unreachable": "不可达", "val_frozen": "冻结",
+    "val_torch": "torch", "val_jittor": "jittor", "val_missing": "缺失",
+    "val_prediction convolutions": "预测卷积", "val_reachable zero gradients": "可达的零梯度",
 }
 
 # Finding type names (FindingType values) for headings and filters.
@@ -198,6 +362,16 @@ def translator(lang: str) -> Callable[..., str]:
 def type_name(ftype: str, lang: str) -> str:
     """Human name of a finding type in ``lang`` (the raw value when unknown)."""
     return TYPE_NAMES[check_lang(lang)].get(ftype) or TYPE_NAMES["en"].get(ftype) or ftype
+
+
+def state_label(state: str, lang: str) -> str:
+    """A model state in ``lang``: "init" -> 初始化, "perturbed/step2" -> 扰动/第 2 步; unknown names stay."""
+    t = translator(lang)
+    base, sep, rest = state.partition("/")
+    label = t(f"st_{base}")
+    if rest.startswith("step") and rest[4:].isdigit():
+        rest = t("step_n", n=rest[4:])
+    return (label if label != f"st_{base}" else base) + sep + rest
 
 
 def localized(item: Mapping[str, Any], field: str, lang: str) -> str:

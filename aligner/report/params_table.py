@@ -14,6 +14,10 @@ from aligner.report.i18n import translator
 __all__ = ["ParamRow", "module_rows", "totals", "format_table"]
 
 
+# BatchNorm's step counters: buffers, but not state a port must reproduce; results.json leaves them out.
+COUNTER_BUFFER = "num_batches_tracked"
+
+
 @dataclass(frozen=True)
 class ParamRow:
     name: str
@@ -21,12 +25,14 @@ class ParamRow:
     depth: int
     trainable: int
     frozen: int
-    buffers: int
+    buffers: int            # elements, BN step counters left out (as in the report)
     tensors: int
+    trainable_tensors: int = 0
+    counters: int = 0       # num_batches_tracked buffers
 
 
-def _count(module: Any) -> tuple[int, int, int, int]:
-    trainable = frozen = tensors = 0
+def _count(module: Any) -> tuple[int, int, int, int, int, int]:
+    trainable = frozen = tensors = trainable_tensors = 0
     seen: set[int] = set()
     for p in module.parameters():
         if id(p) in seen:
@@ -35,10 +41,13 @@ def _count(module: Any) -> tuple[int, int, int, int]:
         tensors += 1
         if p.requires_grad:
             trainable += p.numel()
+            trainable_tensors += 1
         else:
             frozen += p.numel()
-    bufs = {id(b): b for b in module.buffers()}
-    return trainable, frozen, sum(b.numel() for b in bufs.values()), tensors
+    bufs = {id(b): (n, b) for n, b in module.named_buffers()}
+    counters = [b for n, b in bufs.values() if n.rpartition(".")[2] == COUNTER_BUFFER]
+    elements = sum(b.numel() for _, b in bufs.values()) - sum(b.numel() for b in counters)
+    return trainable, frozen, elements, tensors, trainable_tensors, len(counters)
 
 
 def module_rows(model: Any, max_depth: int = 2) -> list[ParamRow]:
@@ -69,7 +78,9 @@ def format_table(rows: Sequence[ParamRow], total: ParamRow, *, lang: str = "en")
                               for i, (v, w) in enumerate(zip(x, widths)))
     lines = [sep, fmt(head), sep, *map(fmt, body), sep,
              f"{t('params_total')}: {total.trainable + total.frozen:,} ({total.tensors} {t('tensors')})",
-             f"{t('trainable').capitalize()}: {total.trainable:,}",
-             f"{t('param_frozen').capitalize()}: {total.frozen:,}",
-             f"{t('buffers').capitalize()}: {total.buffers:,}", sep]
+             f"{t('trainable').capitalize()}: {total.trainable:,} ({total.trainable_tensors} {t('tensors')})",
+             f"{t('param_frozen').capitalize()}: {total.frozen:,} ({total.tensors - total.trainable_tensors} "
+             f"{t('tensors')})",
+             f"{t('buffers').capitalize()}: {total.buffers:,}"
+             + (f" ({t('params_counters', n=total.counters)})" if total.counters else ""), sep]
     return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""What one run of a registered pair checks and how (:class:`RunConfig`), and which Jittor model it checks
+(:class:`Port`): frozen values, changed with ``dataclasses.replace``."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .tolerances import Tolerances
+
+__all__ = ["RunConfig", "Port"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of :func:`aligner.api.run` that are not options of the pair itself.
+
+    ``states``: the model states to check (empty: all of the pair's). ``noise_floor``: also capture the
+    torch reference at the other precision and judge each tensor against its own rounding error.
+    ``stats_only``: keep statistics, not tensors. ``steps`` > 0: also run that many optimizer steps.
+    ``tolerances`` / ``mapping``: how tensors are judged and which modules are paired.
+    """
+    states: tuple[str, ...] = ()
+    noise_floor: bool = True
+    stats_only: bool = False
+    steps: int = 0
+    tolerances: Tolerances | Mapping[str, Any] | None = None
+    mapping: Mapping[str, str] | str | Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "states", tuple(self.states or ()))  # a list or None given by a caller
+
+    def states_of(self, pair: Any) -> tuple[str, ...]:
+        """The states a run of ``pair`` checks, in order."""
+        return self.states or tuple(pair.states)
+
+    def capture_key(self) -> tuple[Any, ...]:
+        """What the torch side's captures depend on (the judging options do not change them)."""
+        return self.states, self.noise_floor, self.stats_only, self.steps
+
+    @classmethod
+    def split(cls, base: RunConfig | None, options: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+        """``options`` split into a config (``base`` with the config fields among them replaced) and the
+        rest, the pair's own options (seed, dtype, num_classes, img_size, batch, ...)."""
+        names = {f.name for f in fields(cls)}
+        mine = {k: (tuple(v or ()) if k == "states" else v) for k, v in options.items() if k in names}
+        return replace(base or cls(), **mine), {k: v for k, v in options.items() if k not in names}
+
+
+
+@dataclass(frozen=True)
+class Port:
+    """The Jittor side of a run: the pair's own build with ``options`` (e.g. a deliberate fault of the
+    small pair), or ``model``, a model the caller built (its initial values are then not checked: it
+    may already hold trained or loaded weights)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    model: Any = None
