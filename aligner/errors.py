@@ -22,40 +22,24 @@ class AlignerError(Exception):
     slug = "aligner-error"
     exit_code = EXIT_ERROR
 
+    def __init_subclass__(cls, slug: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if slug is not None:
+            cls.slug = slug
+
     def __init__(self, message: str = "", *, slug: str | None = None) -> None:
         super().__init__(message)
         if slug is not None:
             self.slug = slug
 
 
-class UsageError(AlignerError):
-    """Bad arguments or options (unknown pair, incompatible flags, missing file)."""
-    slug = "usage"
-
-
-class SetupError(AlignerError):
-    """The environment cannot run the request (framework missing, oneDNN unusable, subprocess died)."""
-    slug = "environment"
-
-
-class TraceFormatError(AlignerError):
-    """A trace directory is missing, corrupt, or written with another TRACE_FORMAT."""
-    slug = "trace-format"
-
-
-class IncomparableError(AlignerError):
-    """Two inputs cannot be compared (other pair, configuration, dtype, seed, inputs or weights)."""
-    slug = "incomparable"
-
-
-class NoMatchError(AlignerError):
-    """Nothing could be compared (no matched module); never pass an empty comparison."""
-    slug = "no-match"
-
-
-class AdapterError(AlignerError):
-    """A framework adapter could not capture (forward/backward raised, hooks could not be set)."""
-    slug = "adapter"
+# One line each: the slug is the class keyword, the docstring says when it is raised.
+class UsageError(AlignerError, slug="usage"): """Bad arguments or options (unknown pair, flags, missing file)."""
+class SetupError(AlignerError, slug="environment"): """The environment cannot run the request (framework, oneDNN)."""
+class TraceFormatError(AlignerError, slug="trace-format"): """A trace is missing, corrupt, or of another format."""
+class IncomparableError(AlignerError, slug="incomparable"): """Two inputs differ in pair, config, dtype, seed or data."""
+class NoMatchError(AlignerError, slug="no-match"): """Nothing could be compared (no matched module)."""
+class AdapterError(AlignerError, slug="adapter"): """A framework adapter could not capture (forward/backward raised)."""
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -2,7 +2,7 @@
 
 Every consumer (the report, the gate, the fix log) reads results through :func:`load_results` /
 :func:`check_results`, which validate the document against the schema (types, enums, the verdict agreeing
-with the findings) and refuse any other schema version with :class:`ResultsFormatError`. The key helpers
+with the findings) and refuse any other schema version with :class:`ResultsFormatError`. The key functions
 (:func:`layer_key`, :func:`finding_key`, ...) name things the same way for every consumer.
 """
 from __future__ import annotations
@@ -108,6 +108,9 @@ def _type_name(v: Any) -> str:
                                      int: "integer", float: "number"}.get(type(v), type(v).__name__)
 
 
+_ABSENT = object()  # no value to check
+
+
 class _Checker:
     """Collects the first schema violation with its JSON path."""
 
@@ -140,14 +143,19 @@ class _Checker:
         if unknown:
             self.fail(f"{path}.{unknown[0][:40]}" if path else unknown[0][:40], "unknown key")
 
-    def s(self, d: Mapping[str, Any], key: str, path: str, *, null: bool = False, required: bool = True,
-          choices: tuple[str, ...] | None = None) -> None:
+    def _present(self, d: Mapping[str, Any], key: str, path: str, *, null: bool, required: bool) -> Any:
+        """The value to check, or ``_ABSENT`` when there is none to check (a missing optional key, an allowed null)."""
         if key not in d:
             if required:
                 self.fail(f"{path}.{key}", "missing")
-            return
+            return _ABSENT
         v = d[key]
-        if v is None and null:
+        return _ABSENT if v is None and null else v
+
+    def s(self, d: Mapping[str, Any], key: str, path: str, *, null: bool = False, required: bool = True,
+          choices: tuple[str, ...] | None = None) -> None:
+        v = self._present(d, key, path, null=null, required=required)
+        if v is _ABSENT:
             return
         if not isinstance(v, str):
             self.fail(f"{path}.{key}", f"expected a string, got {_type_name(v)}")
@@ -156,12 +164,8 @@ class _Checker:
 
     def num(self, d: Mapping[str, Any], key: str, path: str, *, integer: bool = False, minimum: float | None = None,
             null: bool = True, required: bool = False) -> None:
-        if key not in d:
-            if required:
-                self.fail(f"{path}.{key}", "missing")
-            return
-        v = d[key]
-        if v is None and null:
+        v = self._present(d, key, path, null=null, required=required)
+        if v is _ABSENT:
             return
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok:

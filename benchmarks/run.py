@@ -80,7 +80,7 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         mem_kb = 0
     versions = {}
-    for pkg in ("torch", "jittor", "numpy", "pandas", "aligner", "pyinstrument"):
+    for pkg in ("torch", "jittor", "numpy", "aligner", "pyinstrument"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:

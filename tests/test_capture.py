@@ -189,12 +189,14 @@ def test_gold_yolo_pair_reproduces_golden_torch_run(golden):
     T = capture_in_process(pair, "torch", full=False)
     for state, pre in (("init", ""), ("perturbed", "pert/")):
         st = T[state].stages
-        assert st["loss"]["total"] == pytest.approx(float(data[pre + "loss/total"]), rel=1e-6)
+        # float32 kernels of another CPU: 2.2e-6 relative measured on an AVX2-only CPU (bit-equal where the golden ran)
+        assert st["loss"]["total"] == pytest.approx(float(data[pre + "loss/total"]), rel=1e-5)
         assert np.allclose(st["loss"]["items"], data[pre + "loss/items"], rtol=1e-5)
         assert st["assigner"]["fg_count"] == int(data[pre + "assign/fg_count"]) == 78
         assert st["assigner"]["fg_per_level"] == [52, 26, 0]
+        # the normalised alignment metric follows the float32 predictions: 4.2e-6 on an AVX2-only CPU
         assert st["assigner"]["target_scores_sum"] == pytest.approx(float(data[pre + "assign/target_scores_sum"]),
-                                                                     rel=1e-6)
+                                                                     rel=2e-5)
         assert st["anchors"]["count"] == st["anchors"]["expected"] == int(data["anchors/count"]) == 5249
         assert [lv["count"] for lv in st["anchors"]["levels"]] == [3969, 1024, 256]
     assert np.array_equal(T["init"].arrays["stage/anchor_points"], data["anchors/points"])

@@ -101,7 +101,7 @@ def test_init_gradients_match_golden(init32, gold, manifest):
 
 
 def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
-    # measured 7.2e-8 (the MKL sgemv of the DFL decode; bit-identical with MKL_CBWR=COMPATIBLE)
+    # measured 7.2e-8 where the golden was made (the MKL sgemv of the DFL decode), 2.2e-6 on an AVX2-only CPU
     assert scalar_rel(pert32.loss, gold["pert/loss/total"]) <= 1e-5
     for got, ref in zip(pert32.items, gold["pert/loss/items"]):
         assert scalar_rel(got, ref) <= 1e-5  # measured <= 1.5e-7
@@ -117,11 +117,15 @@ def test_perturbed_float32_loss_and_gradients(pert32, gold, manifest):
         elif name in math_zero:
             assert np.abs(g).max() <= F32_ZERO_ABS, name
         else:
-            tol = max(3.0 * acc["per_tensor"][name]["normrel_f32_vs_f64"], 1e-3)
+            # Another float32 run is another sample of the rounding the golden measured once per tensor: on an
+            # AVX2-only CPU (other ATen/oneDNN kernels) the float32 gradients moved up to 9.7x that error away from
+            # float64 (neck.Rep_n5: ReLU pre-activations changing sign; stem BN weight 3.9x). A wrong formula
+            # moves a gradient by O(1), far beyond this bound.
+            tol = max(20.0 * acc["per_tensor"][name]["normrel_f32_vs_f64"], 1e-3)
             err = norm_rel(g, ref)
             worst = max(worst, err / tol)
             assert err <= tol, (name, err, tol)
-    assert worst <= 1.0  # measured: max err/tol 2.0e-3 (max err 9.9e-6, median 8.4e-7)
+    assert worst <= 1.0  # measured: max err/tol 2.0e-3 where the golden was made; 0.49 on an AVX2-only CPU
 
 
 def test_bn_buffers_after_one_train_forward(pert32, gold):
@@ -221,7 +225,9 @@ def formula_run(request):
 
 def test_formula_losses_and_assigner(formula_run):
     data = formula_run["data"]
-    for dtype, prefix, tol in ((torch.float32, "", 1e-5), (torch.float64, "f64/", 1e-9)):
+    # float32: 1.2e-5 measured for L on an AVX2-only CPU (the golden README: thread count alone moves L's head
+    # outputs by 1.8e-4)
+    for dtype, prefix, tol in ((torch.float32, "", 5e-5), (torch.float64, "f64/", 1e-9)):
         loss, items, (_, _, scores, fg) = formula_run[dtype]
         # measured: float32 1.2e-7 / 2.9e-7 / 1.4e-7 (S/M/L), float64 <= 4.0e-14
         assert scalar_rel(loss, data[f"{prefix}loss/total"]) <= tol, dtype

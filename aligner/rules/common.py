@@ -1,4 +1,4 @@
-"""Helpers the finding rules share: where a group of modules points, name lists, number formatting."""
+"""Functions the finding rules share: where a group of modules points, name lists, number formatting."""
 from __future__ import annotations
 
 import math
