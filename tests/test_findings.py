@@ -256,7 +256,7 @@ def test_unmatched_and_nothing_compared():
 
 
 def test_results_json_roundtrip(tmp_path):
-    from aligner.report.results import load_results
+    from aligner.results_io import load_results
     t = make_trace()
     j = port_of(t)
     j.arrays["act/3/"] = j.arrays["act/3/"] * np.nan   # non-finite numbers must become null

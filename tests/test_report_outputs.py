@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures.make_results import make_results  # noqa: E402
 
-from aligner.report import ResultsFormatError, load_results, outputs, write_outputs  # noqa: E402
+from aligner.report import outputs, write_outputs  # noqa: E402
+from aligner.results_io import ResultsFormatError, load_results  # noqa: E402
 from aligner.report.html import build_page  # noqa: E402
 
 
@@ -78,6 +79,6 @@ def test_both_languages_cover_every_label_and_finding_type() -> None:
 
 def test_schema_version_agrees_with_the_producer() -> None:
     from aligner import api
-    from aligner.report import RESULTS_SCHEMA
+    from aligner.results_io import RESULTS_SCHEMA
 
     assert api.RESULTS_SCHEMA == RESULTS_SCHEMA
