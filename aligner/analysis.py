@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aligner.analysis_records import Comparison, Finding, Kind, StateComparison, StateTraces
-from aligner.compare import compare_rows, compare_steps, noise_reference
+from aligner.compare import compare_rows, compare_steps, confirm_with_port64, needs_port_sample, noise_reference
 from aligner.divergence import first_divergence, locate
 from aligner.errors import NoMatchError
 from aligner.inventory import modules_block, params_block
@@ -23,7 +23,7 @@ from aligner.match import load_mapping, match_traces
 from aligner.records import FindingType, Trace
 from aligner.result import AlignmentResult
 from aligner.rules.divergence import (divergence_findings, divergence_from_findings, nan_inf_findings,
-                                      shape_findings, step_findings)
+                                      port_rounding_finding, shape_findings, step_findings)
 from aligner.rules.gradients import grad_pattern, gradient_findings, sparsity_finding
 from aligner.rules.loss import loss_findings
 from aligner.rules.modes import dedupe_modes, mode_findings, mode_locations
@@ -70,8 +70,12 @@ class Analysis:
         self.step_rows: list[Comparison] = []
         self.steps: list[dict[str, Any]] = []
 
-    def add(self, st: StateTraces) -> StateComparison:
-        """Compare one state and derive its findings; keeps only light copies of the traces."""
+    def add(self, st: StateTraces, port64: Trace | Callable[[], Trace | None] | None = None) -> StateComparison:
+        """Compare one state and derive its findings; keeps only light copies of the traces.
+
+        ``port64``: the port's own float64 run of this state (or a function capturing it, called only when
+        some float32 tensor fails its noise-floor bound); rows it shows to differ by the port's float32
+        rounding only pass (:func:`aligner.compare.confirm_with_port64`)."""
         if self.tol is None:
             self.tol = Tolerances.coerce(self._tol_in, str(st.torch.meta.get("dtype") or "float32"))
         tol, maps = self.tol, self.maps
@@ -81,6 +85,22 @@ class Analysis:
         sides = (Side(st.torch), Side(st.jittor))
         noise = noise_reference(st, tol)
         rows = compare_rows(st, tol, noise, matches, sides, maps)
+        step_rows, block = compare_steps(st, tol, noise, maps)
+        rescued: list[Comparison] = []
+        if port64 is not None and noise.trace is not None and not noise.lower \
+                and needs_port_sample(rows + step_rows):
+            if callable(port64):
+                if self.progress:
+                    self.progress(f"[{st.state}] some tensors leave the noise floor: checking the port in float64")
+                port64 = port64()
+            if port64 is not None:
+                before = {id(r) for r in rows + step_rows}
+                rows = confirm_with_port64(rows, noise, port64)
+                step_rows = confirm_with_port64(step_rows, noise, port64)
+                rescued = [r for r in rows + step_rows if id(r) not in before]
+                for b in block:
+                    name = f"{b['state']}/step{b['step']}"
+                    b["failed"] = sum(1 for r in step_rows if r.state == name and not r.ok)
         where = locate(st.state, rows, matches, sides, str(st.torch.meta.get("dtype") or "float32"))
         sc = StateComparison(state=st.state, matches=matches, rows=where.rows, forward=where.forward,
                              backward=where.backward, noise_floor_used=noise.trace is not None,
@@ -104,10 +124,12 @@ class Analysis:
             self.loss[st.state] = lb
         if ab is not None:
             self.assign[st.state] = ab
-        step_rows, block = compare_steps(st, tol, noise, maps)
         self.step_rows += step_rows
         self.steps += block
         f += step_findings(step_rows, block)
+        info = port_rounding_finding(st.state, rescued)
+        if info is not None:
+            f.append(info)
         self.findings += f
         self.states.append(StateTraces(st.state, _light(st.torch), _light(st.jittor)))
         return sc
@@ -145,21 +167,23 @@ class Analysis:
         run_info["noise_floor_available"] = all(sc.noise_floor_used for sc in comps)
         first_div = first_divergence(comps) or divergence_from_findings(all_findings)
         return AlignmentResult(run_info, comps, all_findings, first_div,
-                               params_block(first.torch, first.jittor, self.patterns),
+                               params_block(first.torch, first.jittor, self.patterns, maps),
                                modules_block(first.torch, first.jittor, maps), anchors, self.loss,
                                self.assign, self.steps, self.step_rows)
 
 
 def analyze(states: Sequence[StateTraces], *, tolerances: Tolerances | Mapping[str, Any] | None = None,
             mapping: Mapping[str, str] | str | Path | None = None, run: Mapping[str, Any] | None = None,
-            progress: Callable[[str], None] | None = None, rules: PairRules | None = None) -> AlignmentResult:
+            progress: Callable[[str], None] | None = None, rules: PairRules | None = None,
+            port64: Mapping[str, Trace | Callable[[], Trace | None]] | None = None) -> AlignmentResult:
     """Compare captured traces (one :class:`StateTraces` per model state) and derive findings
-    (``rules``: the pair's own, :meth:`aligner.pairs.base.Pair.rules`)."""
+    (``rules``: the pair's own, :meth:`aligner.pairs.base.Pair.rules`; ``port64``: the port's own float64
+    run per state, or a function capturing it, see :meth:`Analysis.add`)."""
     if not states:
         raise NoMatchError("no model state was captured: nothing to compare")
     acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress, rules=rules)
     for st in states:
-        acc.add(st)
+        acc.add(st, port64=(port64 or {}).get(st.state))
     return acc.result(run)
 
 

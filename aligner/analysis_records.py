@@ -31,7 +31,9 @@ class Kind(StrEnum):
 class Judgement:
     """Outcome of judging one comparison."""
     ok: bool
-    metric: str          # "rel" | "rel_fp64" | "max_abs" | "shape" | "nan_inf"
+    # "rel" | "rel_l2" (no float64 reference), "rel_fp64" | "rel_l2_fp64" (noise floor), "rel_port64" |
+    # "rel_l2_port64" (the port's float64 run agrees), "noise" (not checkable), "max_abs", "shape", "nan_inf"
+    metric: str
     value: float         # the judged number
     bound: float         # what it was judged against ("tol" in results.json)
     noise_floor: float | None = None  # err(ref32, ref64) when used
@@ -108,6 +110,7 @@ class Comparison:
                 "tol": self.judgement.bound, "noise_floor": self.judgement.noise_floor,
                 "introduced_ratio": self.introduced_ratio, "ok": self.ok,
                 "rel_fp64": self.rel_fp64, "rel_l2": m.rel_l2, "metric": self.judgement.metric,
+                "value": self.judgement.value,
                 "missing": self.missing, "stats_only": m.stats_only}
 
 

@@ -18,12 +18,14 @@ import numpy as np
 from aligner.analysis import Analysis, analyze
 from aligner.capture import capture_in_process
 from aligner.analysis_records import StateTraces
-from aligner.comparability import check_traces
-from aligner.errors import NoMatchError
+from aligner.comparability import check_port64, check_traces
+from aligner.errors import IncomparableError, NoMatchError
+from aligner.match import load_mapping
 from aligner.pairs import Pair, rules_for
 from aligner.records import Trace
 from aligner.result import RESULTS_SCHEMA, AlignmentResult, to_jsonable, write_results
 from aligner.reference import Reference
+from aligner.reference_cache import ReferenceCache
 from aligner.runconfig import Port, RunConfig
 from aligner.tolerances import Tolerances
 
@@ -44,12 +46,14 @@ def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
 
 
 def run_pair(pair: str | Pair, config: RunConfig | None = None, *, out_dir: str | Path | None = None,
-             progress: Callable[[str], None] | None = None, **options: Any) -> AlignmentResult:
+             progress: Callable[[str], None] | None = None, port: Port | None = None,
+             **options: Any) -> AlignmentResult:
     """Capture a registered pair (name or Pair object) in both frameworks, diff, return the result.
 
     Keyword options are fields of :class:`RunConfig` (states, noise_floor, stats_only, steps,
     tolerances, mapping; they override ``config``) or options of the pair (seed, dtype, num_classes,
-    img_size, batch, ...). ``out_dir`` writes results.json. See :func:`run` for the explicit form.
+    img_size, batch, ...). ``port``: the Jittor side (default: the pair's own port). ``out_dir`` writes
+    results.json. See :func:`run` for the explicit form.
     """
     from aligner.pairs import get_pair  # noqa: PLC0415 - lazy
 
@@ -58,7 +62,7 @@ def run_pair(pair: str | Pair, config: RunConfig | None = None, *, out_dir: str 
         p = get_pair(pair, **pair_options)
     else:
         p = replace(pair, **{k: v for k, v in pair_options.items() if v is not None}) if pair_options else pair
-    return run(p, cfg, out_dir=out_dir, progress=progress)
+    return run(p, cfg, out_dir=out_dir, progress=progress, port=port)
 
 
 def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | None = None,
@@ -73,7 +77,7 @@ def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | N
     many optimizer steps on both sides and records the drift.
     """
     say = progress or (lambda _msg: None)
-    ref = reference if reference is not None else Reference(pair, config)
+    ref = reference if reference is not None else Reference(pair, config, cache=ReferenceCache.of(config.cache))
     ref.check(pair, config)
     port = port or Port()
     timings: dict[str, float] = {}
@@ -85,13 +89,17 @@ def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | N
     jittor_model = port.model
     if jittor_model is None:
         say("building the jittor model (the first run compiles kernels)")
-        jittor_model = _timed(timings, "build_jittor", lambda: pair.build_jittor(**dict(port.options)))
+        build = (lambda: pair.build_port(port.factory)) if port.factory is not None else \
+            (lambda: pair.build_jittor(**dict(port.options)))
+        jittor_model = _timed(timings, "build_jittor", build)
         jinit = _timed(timings, "build_jittor", lambda: _init_summary(jittor_model))
     extra = {"steps": config.steps} if config.steps else {}
     # One state at a time: its three traces are compared and their tensors freed before the next
     # state is captured (a GOLD-YOLO state at 640 holds several GB of activations).
     acc = Analysis(tolerances=config.tolerances, mapping=config.mapping, progress=progress, rules=pair.rules())
     hi = pair.dtype == "float32"
+    sample = _PortSample(pair, port, weights, config, jittor_model, timings, acc.maps) \
+        if (hi and config.noise_floor) else None
     for s in ref.states:
         say(f"[{s}] capturing {pair.label} in torch")
         tt = _timed(timings, "capture_torch", lambda: ref.trace(s))
@@ -99,20 +107,53 @@ def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | N
         first = s == ref.states[0]  # the init check is state-independent: recorded with the first state only
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
             pair, "jittor", states=[s], full=not config.stats_only, weights={s: weights[s]}, model=jittor_model,
-            init=jinit if first else False, **extra)[s])
+            init=jinit if first else False, name_map=acc.maps, **extra)[s])
         other = None
         if config.noise_floor:
             odt = "float64" if hi else "float32"
             say(f"[{s}] capturing the {odt} reference (noise floor)")
             other = _timed(timings, f"capture_torch{odt[-2:]}", lambda: ref.other_trace(s))
         _timed(timings, "compare", lambda: acc.add(StateTraces(s, tt, jt_, other if hi else None,
-                                                               None if hi else other)))
+                                                               None if hi else other),
+                                                   port64=sample.capturer(s) if sample else None))
         del tt, jt_, other
     result = _timed(timings, "compare", lambda: acc.result())
     result.run["timings"] = {**timings, **result.run.get("timings", {})}
     if out_dir is not None:
         write_results(result, out_dir)
     return result
+
+
+class _PortSample:
+    """The port's own float64 run of a state, captured only when the analysis asks for it (some float32
+    tensor left the reference's noise bound): the same port (the pair's build with the same options, or
+    a float64 copy of the caller's model) with the same weights, cast exactly to float64."""
+
+    def __init__(self, pair: Pair, port: Port, weights: dict[str, dict[str, np.ndarray]], config: RunConfig,
+                 model32: Any, timings: dict[str, float], name_map: dict[str, str]) -> None:
+        self.pair64, self.name_map = replace(pair, dtype="float64"), name_map
+        self.port, self.weights, self.config, self.model32, self.timings = port, weights, config, model32, timings
+        self.model: Any = None
+
+    def _model(self) -> Any:
+        if self.model is None:
+            if self.port.factory is not None:
+                self.model = self.pair64.build_port(self.port.factory)
+            elif self.port.model is None:
+                self.model = self.pair64.build_jittor(**dict(self.port.options))
+            else:
+                from aligner.adapters import get_adapter  # noqa: PLC0415 - lazy: imports jittor
+                self.model = get_adapter("jittor").float64_copy(self.model32)
+        return self.model
+
+    def capturer(self, state: str) -> Callable[[], Trace | None]:
+        def capture() -> Trace | None:
+            w64 = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in self.weights[state].items()}
+            extra = {"steps": self.config.steps} if self.config.steps else {}
+            return _timed(self.timings, "capture_jittor64", lambda: capture_in_process(
+                self.pair64, "jittor", states=[state], full=not self.config.stats_only, weights={state: w64},
+                model=self._model(), init=False, name_map=self.name_map, **extra)[state])
+        return capture
 
 
 def _init_summary(model: Any) -> dict[str, Any]:
@@ -148,7 +189,8 @@ def align(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray] | np
     timings: dict[str, float] = {}
     tt, jt_ = _timed(timings, "capture", lambda: capture_models(
         torch_model, jittor_model, xs, targets=targets, torch_loss=t_loss, jittor_loss=j_loss,
-        transfer=transfer, full=not stats_only, dtype=dtype, seed=seed, state=state))
+        transfer=transfer, full=not stats_only, dtype=dtype, seed=seed, state=state,
+        name_map=load_mapping(mapping)))
     t64 = None
     if noise_floor and dtype == "float32":
         try:
@@ -161,8 +203,21 @@ def align(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray] | np
                     "states": [state], "weight_transfer": []}
             t64 = _timed(timings, "capture_torch64", lambda: get_adapter("torch").capture(
                 model64, x64, t_loss, _cast_targets(targets), full=not stats_only, dtype="float64", meta=meta))
+
+    def port64() -> Trace:
+        """The port's own float64 run (asked for only when a tensor leaves the noise floor): a float64
+        copy of the port, which already holds the transferred weights."""
+        ja = get_adapter("jittor")
+        j64 = ja.float64_copy(jittor_model)
+        x64 = [a.astype("float64") if a.dtype.kind == "f" else a for a in xs]
+        meta = {**environment(), "pair": "custom", "config": {}, "seed": seed, "state": state, "states": [state],
+                "weight_transfer": []}
+        return _timed(timings, "capture_jittor64", lambda: ja.capture(
+            j64, x64, j_loss, _cast_targets(targets), full=not stats_only, dtype="float64", meta=meta))
+
     result = _timed(timings, "compare", lambda: analyze([StateTraces(state, tt, jt_, t64)],
-                                                        tolerances=tolerances, mapping=mapping))
+                                                        tolerances=tolerances, mapping=mapping,
+                                                        port64={state: port64} if t64 is not None else None))
     result.run["timings"] = timings
     if out_dir is not None:
         write_results(result, out_dir)
@@ -179,6 +234,11 @@ def _cast_targets(targets: Any) -> Any:
     return targets
 
 
+def _checked_port64(port64: Trace, port: Trace) -> Trace:
+    check_port64(port64, port)
+    return port64
+
+
 def _trace_states(root: str | Path) -> tuple[str, dict[str, Callable[[], Trace]]]:
     """(framework, state -> loader of that state's trace) for a trace set or a single trace dir."""
     from aligner import trace_io  # noqa: PLC0415 - numpy only
@@ -187,18 +247,22 @@ def _trace_states(root: str | Path) -> tuple[str, dict[str, Callable[[], Trace]]
 
 
 def diff(trace_dir_a: str | Path, trace_dir_b: str | Path, *, reference64: str | Path | None = None,
-         tolerances: Tolerances | Mapping[str, Any] | None = None,
+         port64: str | Path | None = None, tolerances: Tolerances | Mapping[str, Any] | None = None,
          mapping: Mapping[str, str] | str | Path | None = None, out_dir: str | Path | None = None,
          progress: Callable[[str], None] | None = None) -> AlignmentResult:
     """Diff two trace sets written by ``aligner capture`` (reference first), optionally with the torch
     reference captured at the other precision (``reference64``: float64 for a float32 run, float32 for
-    a float64 run) for the noise floor. Gives the same result as the in-process run."""
+    a float64 run) for the noise floor, and the port captured in float64 (``port64``), which tells the port's
+    own float32 rounding from a real difference. Gives the same result as the in-process run."""
     timings: dict[str, float] = {}
     fa, a_states = _trace_states(trace_dir_a)
     fb, b_states = _trace_states(trace_dir_b)
     c_states = _trace_states(reference64)[1] if reference64 is not None else {}
+    pf, p_states = _trace_states(port64) if port64 is not None else (None, {})
     if fa != "torch" and fb == "torch":
         a_states, b_states = b_states, a_states  # the reference is the torch side whatever the order
+    if pf is not None and pf != (fa if fb == "torch" else fb):
+        raise IncomparableError(f"--port64 is a {pf} trace set, not the port's")
     states = [s for s in a_states if s in b_states]
     if not states:
         raise NoMatchError(f"the trace sets share no model state ({list(a_states)} vs {list(b_states)})")
@@ -212,7 +276,9 @@ def diff(trace_dir_a: str | Path, trace_dir_b: str | Path, *, reference64: str |
         c = _timed(timings, "load", lambda: c_states[s]()) if s in c_states else None
         check_traces(a, b, c)  # one line naming what differs, before anything is compared
         hi = str(a.meta.get("dtype", "float32")) == "float32"
-        _timed(timings, "compare", lambda: acc.add(StateTraces(s, a, b, c if hi else None, None if hi else c)))
+        p64 = (lambda s=s, b=b: _checked_port64(p_states[s](), b)) if s in p_states else None
+        _timed(timings, "compare", lambda: acc.add(StateTraces(s, a, b, c if hi else None, None if hi else c),
+                                                   port64=p64))
         del a, b, c
     result = _timed(timings, "compare", lambda: acc.result())
     result.run["timings"] = timings

@@ -12,7 +12,7 @@ import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .initcheck import init_summary
 from .pairs import Pair, get_pair
 from .records import Framework, ParamKind, Trace
 from .trace_io import read_weights, write_trace_set
-from .weights import transfer_arrays
+from .weights import transfer_arrays, untransferred_modules
 
 __all__ = ["capture_in_process", "capture_pair", "capture_models", "torch_weights",
            "reference_model", "reference_states", "environment"]
@@ -66,7 +66,7 @@ def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: 
                        full: bool = True, weights: dict[str, dict[str, np.ndarray]] | None = None,
                        jittor_options: dict[str, Any] | None = None, model: Any = None, steps: int = 0,
                        optimizer: dict[str, Any] | None = None, init: bool | dict[str, Any] = True,
-                       **pair_options: Any) -> dict[str, Trace]:
+                       name_map: Mapping[str, str] | None = None, **pair_options: Any) -> dict[str, Trace]:
     """Capture ``framework``'s side of ``pair`` in every state; returns ``{state: Trace}``.
 
     ``weights`` (state -> torch arrays) are what the Jittor side loads; by default they are produced
@@ -79,9 +79,14 @@ def capture_in_process(pair: Pair | str, framework: Framework | str, *, states: 
     ``init``: True records ``meta["init"]`` (:mod:`aligner.initcheck`) when the model is built here
     (the torch side also builds a twin under another seed to tell deterministic tensors from random
     ones); a dict is that summary, made by the caller right after building ``model``; False records none.
+    ``name_map`` (``{torch_name: jittor_name}``, module keys rename their subtree) names the Jittor
+    tensors the torch weights go to; every tensor that maps with an equal shape is copied, the rest are
+    reported in ``meta["weight_transfer"]`` and the modules left wholly untransferred in
+    ``meta["weight_untransferred"]``.
     """
     return _capture(pair, framework, states=states, full=full, weights=weights, jittor_options=jittor_options,
-                    model=model, steps=steps, optimizer=optimizer, init=init, **pair_options)[0]
+                    model=model, steps=steps, optimizer=optimizer, init=init, name_map=name_map,
+                    **pair_options)[0]
 
 
 def reference_model(pair: Pair, init: bool = True) -> tuple[Any, dict[str, Any] | None]:
@@ -111,6 +116,7 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
              full: bool = True, weights: dict[str, dict[str, np.ndarray]] | None = None,
              jittor_options: dict[str, Any] | None = None, model: Any = None, steps: int = 0,
              optimizer: dict[str, Any] | None = None, init: bool | dict[str, Any] = True,
+             name_map: Mapping[str, str] | None = None,
              **pair_options: Any) -> tuple[dict[str, Trace], dict[str, dict[str, np.ndarray]]]:
     p = get_pair(pair, **pair_options) if isinstance(pair, str) else pair
     fw = Framework(framework)
@@ -139,14 +145,17 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
     loss = p.loss_for(str(fw))
     env = environment()
     out: dict[str, Trace] = {}
+    is_port = fw == Framework.JITTOR
     for state in states:
         t1 = time.perf_counter()
-        problems = transfer_arrays(weights[state], adapter, model)
+        # the map names Jittor tensors: the torch side loads its own weights under their own names
+        problems = transfer_arrays(weights[state], adapter, model, name_map=name_map if is_port else None)
         t_transfer = time.perf_counter() - t1
         p.prepare(model, str(fw))
         meta = {**env, "pair": p.label, "config": p.config(), "seed": p.seed, "state": state,
                 "states": states, "inputs_recipe": data.meta,
-                "weight_transfer": [asdict(w) for w in problems] if fw == Framework.JITTOR else [],
+                "weight_transfer": [asdict(w) for w in problems] if is_port else [],
+                "weight_untransferred": _untransferred(problems, adapter, model) if is_port else [],
                 "weight_transfer_checked": len(weights[state]),
                 "inputs_sha256": array_digest(data.inputs), "weights_sha256": array_digest(weights[state])}
         if init_meta is not None:
@@ -165,6 +174,14 @@ def _capture(pair: Pair | str, framework: Framework | str, *, states: Sequence[s
         out[state] = replace(trace, arrays=arrays, stats=stats, stages=p.summarize_stages(trace.arrays),
                              meta={**trace.meta, **smeta, "timings": timings})
     return out, weights
+
+
+def _untransferred(problems: list[Any], adapter: Adapter, model: Any) -> list[str]:
+    """Jittor modules that received no torch values at all (see :func:`aligner.weights.untransferred_modules`)."""
+    if not problems:
+        return []
+    params, _ = adapter.inventory(model)
+    return untransferred_modules(problems, [p.name for p in params if p.kind != ParamKind.CONSTANT])
 
 
 def capture_pair(pair_name: str, framework: Framework | str, out_dir: str | os.PathLike[str], *,
@@ -194,12 +211,13 @@ def capture_pair(pair_name: str, framework: Framework | str, out_dir: str | os.P
 def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray], *, targets: Any = None,
                    torch_loss: LossFn | None = None, jittor_loss: LossFn | None = None, transfer: bool = True,
                    full: bool = True, dtype: str | None = None, seed: int = 0,
-                   state: str = "custom") -> tuple[Trace, Trace]:
+                   state: str = "custom", name_map: Mapping[str, str] | None = None) -> tuple[Trace, Trace]:
     """Generic capture of any torch model and its Jittor port on the same numpy inputs.
 
     With ``transfer`` the torch weights are copied into the Jittor model first (problems in the
     Jittor trace's ``meta["weight_transfer"]``). Without losses a seeded probe loss (sum of outputs
-    times fixed random weights) gives every output a gradient on both sides.
+    times fixed random weights) gives every output a gradient on both sides. ``name_map`` as in
+    :func:`capture_in_process`.
     """
     inputs = [np.asarray(a) for a in inputs]
     dtype = dtype or next((str(a.dtype) for a in inputs if a.dtype.kind == "f"), "float32")
@@ -209,13 +227,14 @@ def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
         params, _ = ta.inventory(torch_model)
         keep = {p.name for p in params if p.kind != ParamKind.CONSTANT}
         src = {k: v for k, v in ta.state_arrays(torch_model).items() if k in keep}
-        problems = transfer_arrays(src, ja, jittor_model)
+        problems = transfer_arrays(src, ja, jittor_model, name_map=name_map)
     env = environment()
     meta = {**env, "pair": "custom", "config": {}, "seed": seed, "state": state, "states": [state]}
     if torch_loss is None and jittor_loss is None:
         torch_loss = jittor_loss = probe_loss(seed)
     tt = ta.capture(torch_model, inputs, torch_loss, targets, full=full, dtype=dtype, meta={**meta, "weight_transfer": []})
     jt_ = ja.capture(jittor_model, inputs, jittor_loss, targets, full=full, dtype=dtype,
-                     meta={**meta, "weight_transfer": [asdict(w) for w in problems]})
+                     meta={**meta, "weight_transfer": [asdict(w) for w in problems],
+                           "weight_untransferred": _untransferred(problems, ja, jittor_model) if transfer else []})
     return tt, jt_
 

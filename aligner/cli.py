@@ -162,6 +162,39 @@ def _python_sigint() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+SET_OPTION = click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE",
+    help="Override a pair option (repeatable, or comma-separated), e.g. --set use_dfl=true --set "
+         "reg_max=16,iou_type=giou,batch=1.")
+
+
+def _pair_options(model: str, settings: Sequence[str], **named: Any) -> dict[str, Any]:
+    """The dedicated options (--img-size, ...) and the --set ones; a key given both ways is a usage error."""
+    from aligner.pairs import parse_settings
+
+    extra = parse_settings(model, settings)
+    both = sorted(k for k, v in named.items() if k in extra and v is not None and k not in ("seed", "dtype"))
+    if both:
+        raise UsageError(f"--set {both[0]} repeats --{both[0].replace('_', '-')}; give it once")
+    return {k: v for k, v in {**named, **extra}.items() if v is not None}
+
+
+def _port(spec: str, args_text: str | None) -> Any:
+    """The ``Port`` of ``--port``/``--port-args``: the factory is imported now (a bad spec fails before any
+    capture), the model is built inside the run, seeded like the pair's own port."""
+    import functools
+
+    from aligner.port_loader import build_port, load_factory, parse_port_args
+    from aligner.runconfig import Port
+
+    load_factory(spec)  # after _python_sigint(): Jittor is set up before the user's module imports it
+    return Port(factory=functools.partial(build_port, spec, parse_port_args(args_text)))
+
+
+def _config_line(config: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
 def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
     """Unknown --state names are a usage error before anything is built."""
     from aligner.pairs import get_pair
@@ -192,24 +225,54 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
               help="Also run N optimizer steps and record the drift.")
 @click.option("--state", "states", multiple=True, help="Model state(s) to check (default: all of the pair's).")
 @click.option("--no-noise-floor", is_flag=True, help="Skip the float64 reference run (faster, cruder tolerances).")
+@click.option("--no-cache", is_flag=True,
+              help="Capture the torch reference again instead of reusing it from the reference cache "
+                   "($ALIGNER_CACHE_DIR, default ~/.cache/aligner/reference).")
+@SET_OPTION
+@click.option("--port", "port_spec", default=None, metavar="PATH.py:FACTORY",
+              help="Your own Jittor port instead of the pair's: a factory in a file or module "
+                   "(package.module:FACTORY) returning the model; its directory is put on the path.")
+@click.option("--port-args", default=None, metavar="JSON", help="Keyword arguments of the port factory (a JSON object).")
+@click.option("--map", "map_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Name map {torch name: port name} (`aligner map` proposes one); used for the weight transfer "
+                   "and the comparison.")
 @click.option("--verbose", is_flag=True, help="Show the frameworks' own output (kernel compiles, warnings).")
 def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str, out: Path, lang: str,
         fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool,
-        verbose: bool) -> None:
-    """Capture both frameworks, compare them, and write the report."""
+        no_cache: bool, settings: Sequence[str], port_spec: str | None, port_args: str | None,
+        map_path: Path | None, verbose: bool) -> None:
+    """Capture both frameworks, compare them, and write the report.
+
+    GOLD-YOLO sizes run their official configuration (N: no DFL, SIoU; S/M/L: DFL 16, GIoU) unless
+    --set overrides it; the configuration in use is printed and recorded in the report."""
     from aligner import api
     from aligner.fsio import check_output_dir
+    from aligner.pairs import get_pair
     from aligner.report.outputs import OUTPUT_FILES
 
     check_output_dir(out, OUTPUT_FILES)  # before minutes of capture, not after
-    _check_states(model, states, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype)
+    options = _pair_options(model, settings, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype)
+    _check_states(model, states, **options)
     _python_sigint()
     progress = Progress()  # one line per stage, on a terminal or in a CI log
-    progress(f"aligning {model} ({dtype}); the first Jittor run compiles kernels and can take minutes")
+    pair = get_pair(model, **options)
+    extra: dict[str, Any] = {}
+    if port_spec is not None:
+        extra["port"] = _port(port_spec, port_args)
+    elif port_args is not None:
+        raise UsageError("--port-args needs --port")
+    if map_path is not None:
+        from aligner.match import load_mapping
+
+        load_mapping(map_path)  # a broken map file is a usage error before minutes of capture
+        extra["mapping"] = map_path
+    progress(f"aligning {model} ({dtype}) with {_config_line(pair.config())}"
+             + (f", port {port_spec}" if port_spec else "")
+             + "; the first Jittor run compiles kernels and can take minutes")
     with folded_output(progress, verbose=verbose):
         results = _results_dict(api.run_pair(
-            model, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype, stats_only=stats_only,
-            steps=steps, states=list(states) or None, noise_floor=not no_noise_floor, progress=progress))
+            model, stats_only=stats_only, steps=steps, states=list(states) or None,
+            noise_floor=not no_noise_floor, cache=not no_cache, progress=progress, **options, **extra))
     click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
 
 
@@ -228,8 +291,10 @@ def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dt
               help="Jittor side: load the weights stored in this torch trace set.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Trace directory to write.")
+@SET_OPTION
 def capture(framework: str, pair: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str,
-            states: Sequence[str], stats_only: bool, weights_from: Path | None, out: Path) -> None:
+            states: Sequence[str], stats_only: bool, weights_from: Path | None, out: Path,
+            settings: Sequence[str]) -> None:
     """Capture one framework's trace set in this process (diff two of them with `aligner diff`)."""
     from aligner.capture import capture_pair
 
@@ -240,9 +305,9 @@ def capture(framework: str, pair: str, num_classes: int | None, img_size: int | 
         _python_sigint()
     progress = _Progress(interactive())
     progress(f"capturing {pair} in {framework}")
+    options = _pair_options(pair, settings, num_classes=num_classes, img_size=img_size, seed=seed, dtype=dtype)
     written = capture_pair(pair, framework, out, states=list(states) or None, full=not stats_only,
-                           weights_from=weights_from, num_classes=num_classes, img_size=img_size, seed=seed,
-                           dtype=dtype)
+                           weights_from=weights_from, **options)
     click.echo(f"trace: {written}")
 
 
@@ -253,10 +318,13 @@ def capture(framework: str, pair: str, num_classes: int | None, img_size: int | 
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--reference64", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A float64 torch trace set: judge each tensor against the reference's own float32 error.")
+@click.option("--port64", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The Jittor side captured in float64: tensors that leave the noise floor only through the port's "
+                   "own float32 rounding pass.")
 @click.option("--lang", type=LANG, default="en", show_default=True)
 @click.option("--fixlog", "fixlog_path", type=click.Path(path_type=str), default=None)
 @click.option("--verbose", is_flag=True, help="Show the frameworks' own output.")
-def diff(trace_a: Path, trace_b: Path, out: Path, reference64: Path | None, lang: str,
+def diff(trace_a: Path, trace_b: Path, out: Path, reference64: Path | None, port64: Path | None, lang: str,
          fixlog_path: str | None, verbose: bool) -> None:
     """Compare two captured trace sets (the torch one is the reference) and write the report."""
     from aligner import api
@@ -267,7 +335,8 @@ def diff(trace_a: Path, trace_b: Path, out: Path, reference64: Path | None, lang
     progress = Progress()
     progress(f"comparing {trace_a} with {trace_b}")
     with folded_output(progress, verbose=verbose):
-        results = _results_dict(api.diff(trace_a, trace_b, reference64=reference64, progress=progress))
+        results = _results_dict(api.diff(trace_a, trace_b, reference64=reference64, port64=port64,
+                                         progress=progress))
     click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
 
 
@@ -469,21 +538,71 @@ def fixlog_render(store: str | None, out: Path | None, lang: str, title: str | N
 @click.option("--reg-max", type=click.IntRange(0, 64), default=None,
               help="DFL bins (default 16 with --use-dfl, as the official trainer).")
 @click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown.")
+@SET_OPTION
 @click.option("--lang", type=LANG, default="en", show_default=True)
 def params(model: str, num_classes: int | None, use_dfl: bool | None, reg_max: int | None, depth: int,
-           lang: str) -> None:
+           settings: Sequence[str], lang: str) -> None:
     """Parameter inventory of the PyTorch reference model (trainable / frozen / buffers per module), built
-    with the same defaults as `aligner run --model MODEL`."""
+    with the same defaults as `aligner run --model MODEL` (official configuration unless overridden)."""
     from aligner.pairs import get_pair
     from aligner.report.params_table import format_table, module_rows, totals
 
     if use_dfl is False and reg_max:
         raise UsageError("--no-dfl takes no --reg-max (DFL bins exist only with DFL)")
-    options: dict[str, Any] = {"num_classes": num_classes, "use_dfl": use_dfl, "reg_max": reg_max}
+    named: dict[str, Any] = {"num_classes": num_classes, "use_dfl": use_dfl, "reg_max": reg_max}
     if model == "small":
-        options = {"num_classes": num_classes}
-    net = get_pair(model, **options).build_torch()
+        named = {"num_classes": num_classes}
+    pair = get_pair(model, **_pair_options(model, settings, **named))
+    click.echo(f"configuration: {_config_line(pair.config())}")
+    net = pair.build_torch()
     click.echo(format_table(module_rows(net, depth), totals(net), lang=lang))
+
+
+def _tensor_shapes(framework: str, model: Any) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of a model's transferable tensors, read through the framework's adapter."""
+    from aligner.adapters import get_adapter
+    from aligner.mapping import shapes_of
+
+    return shapes_of(get_adapter(framework).inventory(model)[0])
+
+
+@cli.command("map", short_help="Propose a torch -> Jittor name map for a port.",
+             epilog=_epilog("aligner map --model gold_yolo-n --port myport/model.py:build --port-args "
+                            "'{\"num_classes\": 80}' --out map.json"))
+@click.option("--model", "model", required=True, help="Registered pair whose PyTorch model is the reference.")
+@click.option("--port", "port", default=None, metavar="PATH.py:FACTORY|MODULE:FACTORY",
+              help="Your Jittor model: a factory in a file or an importable module (default: the pair's own port).")
+@click.option("--port-args", "port_args", default=None, metavar="JSON",
+              help="Keyword arguments of the factory, as a JSON object.")
+@click.option("--num-classes", type=NUM_CLASSES, default=None, help="Number of classes (default: the pair's).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Map file to write (JSON; edit it, then pass it to the run).")
+@click.option("--force", is_flag=True, help="Overwrite an existing map file.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Names shown per list.")
+def map_names(model: str, port: str | None, port_args: str | None, num_classes: int | None, out: Path,
+              force: bool, limit: int) -> None:
+    """Propose a map from the reference's tensor names to your port's: exact names, then known renames
+    (an extra wrapper level, bn/norm, conv/cv, ...), then order and shape within a parent module. Writes
+    an editable JSON file (unmapped torch names as null to fill in) and prints what is mapped, unmapped on
+    each side, and mapped with different shapes."""
+    from aligner.mapping import format_summary, propose_map, write_mapping
+    from aligner.pairs import get_pair
+    from aligner.port_loader import build_port, parse_port_args
+
+    if out.exists() and not force:  # before building anything
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    kwargs = parse_port_args(port_args)
+    if kwargs and port is None:
+        raise UsageError("--port-args needs --port")
+    pair = get_pair(model, num_classes=num_classes)
+    _python_sigint()
+    torch_shapes = _tensor_shapes("torch", pair.build_torch())
+    jittor_model = build_port(port, kwargs) if port else pair.build_jittor()
+    proposal = propose_map(torch_shapes, _tensor_shapes("jittor", jittor_model))
+    click.echo(format_summary(proposal, limit))
+    written = write_mapping(proposal, out, force=force)
+    click.echo(f"written: {written}")
 
 
 @cli.command(short_help='Anchor count per level for an input size.', epilog=_epilog("aligner anchors --img-size 500"))

@@ -38,7 +38,12 @@ def _differ(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> 
     out = []
     for k in keys:
         va, vb = a.get(k), b.get(k)
-        if va is not None and vb is not None and va != vb:
+        if va is None or vb is None or va == vb:
+            continue
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):  # name the keys that differ, not two long dicts
+            keys_ = [x for x in dict.fromkeys([*va, *vb]) if va.get(x) != vb.get(x)]
+            out.append(f"{k}: " + ", ".join(f"{x} {_short(va.get(x))} vs {_short(vb.get(x))}" for x in keys_))
+        else:
             out.append(f"{k} {_short(va)} vs {_short(vb)}")
     return out
 
@@ -89,6 +94,20 @@ def check_reference(ref: Trace, run: Trace) -> None:
     problems += _differ(ref.meta, run.meta, _SAME_RUN) + _hashes(ref.meta, run.meta)
     if problems:
         raise IncomparableError(f"--reference64 is not a reference for this run (state {run.state!r}): "
+                                + "; ".join(problems))
+
+
+def check_port64(port64: Trace, port: Trace) -> None:
+    """``--port64``: the port's own trace of the same configuration, in float64."""
+    _not_empty(port64, "port64")
+    problems = []
+    if port64.meta.get("framework") != port.meta.get("framework"):
+        problems.append(f"it is a {port64.meta.get('framework')} trace, the port's is {port.meta.get('framework')}")
+    if port64.meta.get("dtype") != "float64":
+        problems.append(f"its dtype is {port64.meta.get('dtype')}, not float64")
+    problems += _differ(port64.meta, port.meta, _SAME_RUN)
+    if problems:
+        raise IncomparableError(f"--port64 is not the port's float64 run of this configuration (state {port.state!r}): "
                                 + "; ".join(problems))
 
 

@@ -21,6 +21,7 @@ from aligner.analysis_records import Comparison, Divergence, Kind, Localisation,
 from aligner.compare import ROUNDOFF
 from aligner.match import Match, MatchResult
 from aligner.metrics import relative
+from aligner.records import CallRecord
 from aligner.rules.common import common_module
 from aligner.sides import Side
 
@@ -170,7 +171,7 @@ def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResul
     use_port = any(x.jittor.input_keys for x in matches.matches)
     side, call = (j, m.jittor) if use_port else (t, m.torch)
     # only the failing output leaf: the other leaves of a tuple output may feed other modules
-    keys = {side.canon.get(rec.key, rec.key) for rec in call.outputs if rec.sub == r.sub} or \
+    keys = {side.canon.get(rec.key, rec.key) for rec in call.outputs if _is_leaf(rec, r, use_port)} or \
         {side.canon.get(rec.key, rec.key) for rec in call.outputs}
     cons = {x.torch.order: x.torch for k in keys for x in _consumers(matches, side, use_port).get(k, [])}
     passing = [c for o, c in sorted(cons.items(), reverse=True) if o in ok_orders]
@@ -209,6 +210,14 @@ def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResul
                       introduced_ratio=r.introduced_ratio, candidates=candidates)
 
 
+def _is_leaf(rec: CallRecord, r: Comparison, port: bool) -> bool:
+    """``rec`` is the output leaf row ``r`` compares: on the port's side by the row's port key (the two
+    sides' output structures may differ, leaves paired by shape), on the reference's by sub-path."""
+    if port and r.jittor_key:
+        return r.jittor_key in (rec.key, rec.gkey)
+    return rec.sub == r.sub
+
+
 def _graphless_producer(r: Comparison, m: Match, matches: MatchResult, j: Side) -> str | None:
     """The module that made the port's tensor of row ``r`` outside the autograd graph, or None.
 
@@ -218,7 +227,7 @@ def _graphless_producer(r: Comparison, m: Match, matches: MatchResult, j: Side) 
     grad is where the graph stops, e.g. the block run under ``no_grad`` rather than its last layer
     (whose input came from inside the block, also without a graph). Named with the torch name.
     """
-    recs = [rec for rec in m.jittor.outputs if rec.sub == r.sub] or list(m.jittor.outputs)
+    recs = [rec for rec in m.jittor.outputs if _is_leaf(rec, r, True)] or list(m.jittor.outputs)
     if not recs or any(rec.requires_grad is not False for rec in recs):
         return None
     wants = {rec.key: rec.requires_grad for rec in j.trace.calls}

@@ -9,6 +9,7 @@ so counts here compare like with like: trainable, frozen, buffers. The rules on 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from types import MappingProxyType
 from typing import Any
 
@@ -61,9 +62,32 @@ def _side_block(trace: Trace) -> dict[str, Any]:
                             "buffers": counts.get(t, {}).get("buffers", 0)} for t in tops}}
 
 
-def params_block(torch: Trace, jittor: Trace, grad_patterns: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``params`` section of results.json."""
-    return {"torch": _side_block(torch), "jittor": _side_block(jittor), "grad_pattern": dict(grad_patterns)}
+def params_block(torch: Trace, jittor: Trace, grad_patterns: Mapping[str, Any],
+                 mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``params`` section of results.json; ``mapping`` ({torch_name: jittor_name}) pairs the tensors of
+    the parameter story."""
+    return {"torch": _side_block(torch), "jittor": _side_block(jittor), "grad_pattern": dict(grad_patterns),
+            "story": _story_block(torch, jittor, mapping or {})}
+
+
+# tensor names listed per group of extra/missing tensors before truncating
+_STORY_NAMES = 20
+
+
+def _story_block(torch: Trace, jittor: Trace, mapping: Mapping[str, str]) -> dict[str, Any]:
+    """``params.story``: the port's parameter story (:mod:`aligner.param_story`) as JSON."""
+    from aligner.param_story import param_story  # noqa: PLC0415 - param_story imports this module
+
+    st = param_story(torch.params, jittor.params, mapping, torch_modules=torch.modules,
+                     jittor_modules=jittor.modules)
+
+    def groups(gs: Any) -> list[dict[str, Any]]:
+        return [{"module": g.module, "tensors": len(g.names), "trainable_tensors": g.trainable, "numel": g.numel,
+                 "detail": g.detail, "names": list(g.names[:_STORY_NAMES])} for g in gs]
+    return {"en": st.sentence_en, "zh": st.sentence_zh, "torch": asdict(st.torch), "jittor": asdict(st.jittor),
+            "extra_tensors": sum(len(g.names) for g in st.extra),
+            "missing_tensors": sum(len(g.names) for g in st.missing), "reshaped_tensors": len(st.reshaped),
+            "extra": groups(st.extra), "missing": groups(st.missing)}
 
 
 def modules_block(torch: Trace, jittor: Trace, mapping: Mapping[str, str]) -> list[dict[str, Any]]:

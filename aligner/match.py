@@ -106,7 +106,12 @@ def calls_of(trace: Trace | Iterable[CallRecord]) -> list[Call]:
 
 
 def load_mapping(source: str | Path | Mapping[str, str] | None) -> dict[str, str]:
-    """A ``{torch_name: jittor_name}`` mapping from a dict or a JSON file (None -> empty)."""
+    """A ``{torch_name: jittor_name}`` mapping from a dict or a JSON file (None -> empty).
+
+    Two file layouts: the flat object, or the one ``aligner map`` writes, whose ``"map"`` object is the
+    mapping and whose other keys are notes (ignored). A ``null`` value is a name still to be filled in and
+    is skipped.
+    """
     if source is None:
         return {}
     if isinstance(source, Mapping):
@@ -117,6 +122,10 @@ def load_mapping(source: str | Path | Mapping[str, str] | None) -> dict[str, str
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"cannot read mapping file {path}: {exc}", slug="mapping") from exc
+    if isinstance(data, dict) and isinstance(data.get("map"), dict):
+        data = data["map"]
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if v is not None}
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in data.items()):
         raise UsageError("a mapping must be a JSON object {torch_name: jittor_name} of strings",

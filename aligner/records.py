@@ -119,6 +119,7 @@ class FindingType(StrEnum):
     INIT_MISMATCH = "init_mismatch"
     UNMATCHED_MODULE = "unmatched_module"
     GRAD_SPARSITY_EXPLAINED = "grad_sparsity_explained"
+    PORT_ROUNDING = "port_rounding"
 
 
 @unique

@@ -31,7 +31,8 @@ RESULTS_FILE = "results.json"
 SEVERITY_ORDER = tuple(s.value for s in Severity)
 LAYER_KINDS = ("forward", "backward", "param_grad", "param")
 _MATCH = ("name", "order", "map")
-_METRICS = ("rel", "rel_l2", "rel_fp64", "rel_l2_fp64", "max_abs", "shape", "nan_inf")
+_METRICS = ("rel", "rel_l2", "rel_fp64", "rel_l2_fp64", "rel_port64", "rel_l2_port64", "noise", "max_abs", "shape",
+            "nan_inf")
 
 
 class ResultsFormatError(AlignerError):
@@ -199,11 +200,11 @@ _LAYER_KEYS = ("state", "kind", "order", "torch_name", "jittor_name", "sub", "ca
                "nan_torch", "nan_jittor", "inf_torch", "inf_jittor", "zero_frac_torch", "zero_frac_jittor", "tol",
                "noise_floor", "introduced_ratio", "ok")
 # added to the rows compatibly (older results.json files do not have them)
-_LAYER_OPTIONAL = ("rel_fp64", "rel_l2", "metric", "missing", "stats_only")
+_LAYER_OPTIONAL = ("rel_fp64", "rel_l2", "metric", "missing", "stats_only", "value")
 _BASELINE_LAYER_KEYS = ("state", "kind", "order", "torch_name", "jittor_name", "sub", "call", "rel", "tol", "ok")
 _COUNT_KEYS = ("trainable", "trainable_tensors", "buffers", "frozen", "constants")
 _LAYER_NUMS = ("max_abs", "rel", "mean_abs", "cosine", "frac_close", "required_atol", "zero_frac_torch",
-               "zero_frac_jittor", "tol", "noise_floor", "introduced_ratio", "rel_fp64", "rel_l2")
+               "zero_frac_jittor", "tol", "noise_floor", "introduced_ratio", "rel_fp64", "rel_l2", "value")
 
 
 def check_results(results: Any, source: str = "results", *, baseline: bool = False) -> dict[str, Any]:
@@ -327,6 +328,18 @@ def check_results(results: Any, source: str = "results", *, baseline: bool = Fal
             c.obj(d, f"params.{side}.modules.{m}")
             for key in ("trainable", "buffers"):
                 c.num(d, key, f"params.{side}.modules.{m}", integer=True, minimum=0)
+    story = c.obj(params.get("story"), "params.story", required=False)  # optional: absent in older files
+    if story:
+        for key in ("en", "zh"):
+            c.s(story, key, "params.story")
+        for key in ("extra_tensors", "missing_tensors", "reshaped_tensors"):
+            c.num(story, key, "params.story", integer=True, minimum=0)
+        for side in ("torch", "jittor"):
+            counts = c.obj(story.get(side), f"params.story.{side}", required=False)
+            for key in counts:
+                c.num(counts, key, f"params.story.{side}", integer=True, minimum=0)
+        for key in ("extra", "missing"):
+            c.arr(story.get(key), f"params.story.{key}", required=False)
     anchors = c.obj(results.get("anchors"), "anchors", required=False)
     for key in ("img_size", "expected", "torch", "jittor"):
         c.num(anchors, key, "anchors", integer=True, minimum=0)
@@ -407,7 +420,7 @@ def judged_error(row: Mapping[str, Any]) -> tuple[str, float] | None:
     """(metric, value) the verdict of a layer row judged, or None for a row without that record (older
     files) or a shape / NaN verdict. ``rel`` (max-norm against the float32 reference) is not it when a
     float64 reference exists: it also carries the reference's own float32 noise."""
-    field = _JUDGED_FIELD.get(str(row.get("metric")))
+    field = "value" if "value" in row else _JUDGED_FIELD.get(str(row.get("metric")))
     value = row.get(field) if field else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(row["metric"]), float(value)

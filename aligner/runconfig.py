@@ -2,7 +2,7 @@
 (:class:`Port`): frozen values, changed with ``dataclasses.replace``."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,10 @@ class RunConfig:
     ``states``: the model states to check (empty: all of the pair's). ``noise_floor``: also capture the
     torch reference at the other precision and judge each tensor against its own rounding error.
     ``stats_only``: keep statistics, not tensors. ``steps`` > 0: also run that many optimizer steps.
-    ``tolerances`` / ``mapping``: how tensors are judged and which modules are paired.
+    ``tolerances`` / ``mapping``: how tensors are judged and which modules are paired. ``cache``: where
+    the torch reference's traces are reused from (:mod:`aligner.reference_cache`): True the default
+    directory (``$ALIGNER_CACHE_DIR`` or ``~/.cache/aligner/reference``), a path that directory, False
+    capture them every run; it changes no result, only whether the reference is captured again.
     """
     states: tuple[str, ...] = ()
     noise_floor: bool = True
@@ -27,6 +30,7 @@ class RunConfig:
     steps: int = 0
     tolerances: Tolerances | Mapping[str, Any] | None = None
     mapping: Mapping[str, str] | str | Path | None = None
+    cache: bool | str | Path = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "states", tuple(self.states or ()))  # a list or None given by a caller
@@ -52,7 +56,10 @@ class RunConfig:
 @dataclass(frozen=True)
 class Port:
     """The Jittor side of a run: the pair's own build with ``options`` (e.g. a deliberate fault of the
-    small pair), or ``model``, a model the caller built (its initial values are then not checked: it
-    may already hold trained or loaded weights)."""
+    small pair); ``factory``, a function building the user's own port (called seeded, like the pair's
+    build; its fresh values are checked against the reference's init, and it builds the float64 twin);
+    or ``model``, a model the caller built (its initial values are then not checked: it may already
+    hold trained or loaded weights)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     model: Any = None
+    factory: Callable[[], Any] | None = None

@@ -67,3 +67,10 @@ class Side:
 
     def input_(self, key: str) -> Tensor | None:
         return fetch(self.trace, key, self.canon.get(key))
+
+    def tensor(self, key: str) -> Tensor | None:
+        """Any stored tensor by key (``act/``, ``gact/``, ``param/``, ...), following aliases."""
+        if key.startswith("gact/"):
+            target = self.canon.get("act/" + key[len("gact/"):])
+            return fetch(self.trace, key, "g" + target if target else None)
+        return self.input_(key)

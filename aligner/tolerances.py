@@ -23,7 +23,7 @@ from typing import Any
 from aligner.analysis_records import Judgement, Kind
 from aligner.metrics import TensorMetrics
 
-__all__ = ["Tolerances", "judge", "lookup"]
+__all__ = ["Tolerances", "judge", "lookup", "noise_dominated", "NOISE"]
 
 
 # Relative bounds, and the floor under the noise-floor bound. float32 forward (max-norm): conv/BN/
@@ -159,11 +159,22 @@ class Tolerances:
                 "norms": dict(self.norms), "no_floor_factor": dict(self.no_floor_factor)}
 
 
+# Judgement metric of a tensor whose reference value is dominated by its own float32 rounding.
+NOISE = "noise"
+
+
+def noise_dominated(noise_floor: float, multiplier: float) -> bool:
+    """True when the noise-floor bound (``multiplier`` x the reference's own error) reaches 1: it would
+    accept any port value, zero included, so the tensor is not checkable at this precision."""
+    return not math.isfinite(noise_floor) or multiplier * noise_floor >= 1.0
+
+
 def judge(m: TensorMetrics, rtol: float, atol: float = 0.0, *, noise_floor: float | None = None,
           rel_fp64: float | None = None, multiplier: float = 3.0, norm: str = "max") -> Judgement:
     """Pass/fail of one tensor comparison.
 
-    Order: shape mismatch fails; NaN anywhere or an Inf-count disagreement fails; with a noise floor
+    Order: shape mismatch fails; NaN anywhere or an Inf-count disagreement fails; a tensor the reference
+    cannot resolve at float32 (:func:`noise_dominated`) passes as metric ``noise``; with a noise floor
     (both ``noise_floor`` = err(ref32, ref64) and ``rel_fp64`` = err(port, ref64) given) the port
     passes iff ``rel_fp64 <= max(multiplier*noise_floor, rtol)``, otherwise iff ``rel <= rtol``; a
     tensor failing that still passes when its whole error is within ``atol`` (then the judged
@@ -177,6 +188,10 @@ def judge(m: TensorMetrics, rtol: float, atol: float = 0.0, *, noise_floor: floa
                          bound=0.0, noise_floor=noise_floor)
     l2 = norm == "l2" and m.rel_l2 is not None
     name = "rel_l2" if l2 else "rel"
+    if noise_floor is not None and rel_fp64 is not None and noise_dominated(noise_floor, multiplier):
+        # the reference's own float32 value is mostly rounding (a mathematically zero tensor such as the
+        # gradient of a conv bias in front of a train-mode BN): any bound would pass a port value of zero
+        return Judgement(ok=True, metric=NOISE, value=noise_floor, bound=1.0 / multiplier, noise_floor=noise_floor)
     if noise_floor is not None and rel_fp64 is not None and math.isfinite(noise_floor):
         bound = max(multiplier * noise_floor, rtol)
         result = Judgement(ok=rel_fp64 <= bound, metric=name + "_fp64", value=rel_fp64, bound=bound,

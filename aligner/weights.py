@@ -7,13 +7,14 @@ and every loaded tensor is read back and compared. Framework access goes through
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .match import rename
 from .records import TORCH_ONLY, WeightProblem, WeightProblemKind
 
-__all__ = ["DEFAULT_IGNORE", "compare_state", "transfer_arrays"]
+__all__ = ["DEFAULT_IGNORE", "compare_state", "transfer_arrays", "jittor_name", "untransferred_modules"]
 
 # torch-only bookkeeping Jittor has no counterpart for (docs/jittor-notes.md, "Names, parameters and buffers")
 DEFAULT_IGNORE: tuple[str, ...] = TORCH_ONLY
@@ -26,8 +27,14 @@ def _ignored(name: str, ignore: Iterable[str]) -> bool:
     return any(leaf == pat or name == pat for pat in ignore)
 
 
+def jittor_name(name: str, name_map: Mapping[str, str]) -> str:
+    """The Jittor name of torch tensor ``name``: renamed by the longest map key equal to it or a dotted
+    prefix of it (a module key renames its whole subtree), else unchanged."""
+    return (rename(name, name_map) or name) if name_map else name
+
+
 def compare_state(src: dict[str, np.ndarray], dst: dict[str, np.ndarray], *,
-                  name_map: dict[str, str] | None = None, ignore: Iterable[str] = DEFAULT_IGNORE,
+                  name_map: Mapping[str, str] | None = None, ignore: Iterable[str] = DEFAULT_IGNORE,
                   optional: Iterable[str] = ()) -> list[WeightProblem]:
     """Pure check that ``dst`` (Jittor names) holds ``src`` (torch names) exactly.
 
@@ -40,7 +47,7 @@ def compare_state(src: dict[str, np.ndarray], dst: dict[str, np.ndarray], *,
     for name, a in src.items():
         if _ignored(name, ignore):
             continue
-        jname = name_map.get(name, name)
+        jname = jittor_name(name, name_map)
         mapped.add(jname)
         if jname not in dst:
             if name not in optional:
@@ -90,17 +97,41 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def transfer_arrays(src: dict[str, np.ndarray], dst_adapter: Any, dst_model: Any, *,
-                    name_map: dict[str, str] | None = None, ignore: Iterable[str] = DEFAULT_IGNORE,
+                    name_map: Mapping[str, str] | None = None, ignore: Iterable[str] = DEFAULT_IGNORE,
                     optional: Iterable[str] = ()) -> list[WeightProblem]:
     """Load ``src`` (torch names -> arrays) into ``dst_model`` in place, then verify every tensor."""
     ignore, name_map = tuple(ignore), name_map or {}
     before = dst_adapter.state_arrays(dst_model)
     load: dict[str, np.ndarray] = {}
     for name, a in src.items():
-        jname = name_map.get(name, name)
+        jname = jittor_name(name, name_map)
         if not _ignored(name, ignore) and jname in before and tuple(before[jname].shape) == tuple(a.shape):
             load[jname] = a
     dst_adapter.load_arrays(dst_model, load)
     return compare_state(src, dst_adapter.state_arrays(dst_model), name_map=name_map, ignore=ignore,
                          optional=optional)
 
+
+# problems after which a Jittor tensor holds no torch values (DTYPE: loaded, only the dtype differs)
+_NOT_LOADED = (WeightProblemKind.EXTRA, WeightProblemKind.SHAPE, WeightProblemKind.VALUE)
+
+
+def untransferred_modules(problems: Iterable[WeightProblem], jittor_names: Iterable[str]) -> list[str]:
+    """Jittor modules none of whose tensors received torch values, highest such module only, in model order.
+
+    ``jittor_names`` are all the Jittor model's tensor names (model order). A module whose every tensor is
+    extra, of another shape or failed to load keeps its own initialisation as a whole; its submodules are
+    not listed again. Tensors directly at the root count towards no module.
+    """
+    names = list(jittor_names)
+    bad = {p.jittor_name for p in problems if p.kind in _NOT_LOADED and p.jittor_name}
+    all_bad: dict[str, bool] = {}
+    first: dict[str, int] = {}
+    for i, n in enumerate(names):
+        parts = n.split(".")[:-1]
+        for k in range(1, len(parts) + 1):
+            m = ".".join(parts[:k])
+            all_bad[m] = all_bad.get(m, True) and n in bad
+            first.setdefault(m, i)
+    out = [m for m, b in all_bad.items() if b and not all_bad.get(m.rpartition(".")[0], False)]
+    return sorted(out, key=lambda m: first[m])

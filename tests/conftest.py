@@ -10,6 +10,14 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Reference traces cached by the runs of this session go to a temporary directory, never the user's
+    ``~/.cache`` (the CLI subprocesses inherit the variable)."""
+    import os
+    os.environ["ALIGNER_CACHE_DIR"] = str(tmp_path_factory.mktemp("reference-cache"))
+
+
 @pytest.fixture(scope="module")
 def gold() -> Any:
     """The golden arrays of the N reference (``gold_yolo_n_nc20_dfl_500``)."""

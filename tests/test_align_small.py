@@ -108,6 +108,10 @@ def test_trace_captured_in_other_processes_diffs_identically(correct_traces, tmp
     for d in (via_files, in_process):
         d.pop("run")
     assert via_files == in_process
+    # the port's float64 sample must be the port's: a torch trace set in its place is refused in one line
+    from aligner.errors import IncomparableError
+    with pytest.raises(IncomparableError, match="--port64 is a torch trace set"):
+        diff(a, b, reference64=c, port64=c)
 
 
 def test_stats_only_still_localises_a_graph_break():

@@ -183,7 +183,7 @@ def test_gold_yolo_pair_reproduces_golden_torch_run(golden):
     from aligner.capture import capture_in_process
     from aligner.pairs import get_pair
     data, manifest = golden
-    pair = get_pair("gold_yolo-n", num_classes=20, img_size=500)
+    pair = get_pair("gold_yolo-n", num_classes=20, img_size=500, use_dfl=True)  # the golden configuration
     d = pair.make_inputs()
     assert np.array_equal(d.inputs[0], data["input"]) and np.array_equal(d.targets, data["targets"])
     T = capture_in_process(pair, "torch", full=False)
@@ -220,7 +220,7 @@ def test_gold_yolo_n_both_frameworks_320():
     (Slow the first time: Jittor compiles GOLD-YOLO's kernels once per machine.)"""
     from aligner.capture import capture_in_process, torch_weights
     from aligner.pairs import get_pair
-    pair = get_pair("gold_yolo-n", img_size=320, batch=2)
+    pair = get_pair("gold_yolo-n", img_size=320, batch=2, use_dfl=True)  # the configuration the bounds were measured in
     w = torch_weights(pair, ["perturbed"])
     t = capture_in_process(pair, "torch", states=["perturbed"])["perturbed"]
     j = capture_in_process(pair, "jittor", states=["perturbed"], weights=w)["perturbed"]

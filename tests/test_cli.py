@@ -98,11 +98,13 @@ def test_run_writes_outputs_and_maps_verdict(monkeypatch: pytest.MonkeyPatch, tm
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["run", "--model", "gold_yolo-n", "--num-classes", "20", "--img-size", "500",
                                  "--seed", "0", "--out", str(out), "--dtype", "float64", "--steps", "2",
-                                 "--fixlog", str(tmp_path / "fx")])
+                                 "--fixlog", str(tmp_path / "fx"), "--set", "use_dfl=true,iou_type=giou"])
     assert r.exit_code == code, r.output
     assert callable(calls[0].pop("progress"))  # progress lines also when not on a terminal (CI logs)
     assert calls == [{"model": "gold_yolo-n", "num_classes": 20, "img_size": 500, "seed": 0, "dtype": "float64",
-                      "stats_only": False, "steps": 2, "states": None, "noise_floor": True}]
+                      "stats_only": False, "steps": 2, "states": None, "noise_floor": True, "use_dfl": True,
+                      "iou_type": "giou", "cache": True}]
+    assert "use_dfl=True, reg_max=16, iou_type=giou" in r.output  # the configuration in use is printed
     assert {p.name for p in out.iterdir()} == {"index.html", "results.json", "layers.csv", "summary.md",
                                                ".aligner-output"}
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["verdict"] == variant.replace(
@@ -152,6 +154,9 @@ def test_params_matches_official_count() -> None:
         row = next(ln for ln in r.output.splitlines() if ln.startswith(part + " "))
         assert f"{c['trainable']:,}" in row
     assert CliRunner().invoke(cli, ["params", "gold_yolo-q"]).exit_code == 2
+    # default: the official N configuration, no DFL (docs/gold-yolo-notes.md: 6,048,970 at nc=20)
+    r = CliRunner().invoke(cli, ["params", "gold_yolo-n", "--num-classes", "20", "--depth", "0"])
+    assert r.exit_code == 0 and "Total params: 6,048,970 " in r.output and "use_dfl=False" in r.output, r.output
 
 
 def test_faults_help_lists_the_runner_options() -> None:
@@ -194,3 +199,32 @@ def test_faults_only_checks_names_then_forwards(monkeypatch: pytest.MonkeyPatch,
     meta = json.loads((tmp_path / "faults.json").read_text(encoding="utf-8"))["meta"]
     assert (meta["img_size"], meta["seed"], meta["dtype"], meta["subset"], meta["cache"]) == (
         160, -1, "float64", "only", False)
+
+
+def test_gold_yolo_pairs_default_to_the_official_configurations() -> None:
+    """The pair's defaults are the shipped configs (reference_torch.configs, the official values)."""
+    from aligner.pairs import get_pair
+    from reference_torch.configs import VARIANTS
+
+    for size in "nsml":
+        cfg, pair = VARIANTS[f"gold_yolo-{size}"], get_pair(f"gold_yolo-{size}")
+        assert (pair.use_dfl, pair.reg_max, pair.iou_type) == (cfg.use_dfl, cfg.reg_max, cfg.iou_type), size
+        assert pair.config()["official"]
+    n = get_pair("gold_yolo-n", use_dfl=True)
+    assert (n.reg_max, n.iou_type, n.config()["official"]) == (16, "siou", False)
+
+
+def test_set_overrides_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    from aligner.pairs import parse_settings
+
+    assert parse_settings("gold_yolo-n", ["use_dfl=true", "reg_max=16,iou_type=giou", "batch=1"]) == {
+        "use_dfl": True, "reg_max": 16, "iou_type": "giou", "batch": 1}
+    r = CliRunner().invoke(cli, ["run", "--model", "gold_yolo-n", "--out", str(tmp_path / "o"),
+                                 "--set", "use_dlf=true"])
+    assert r.exit_code == 2 and "no such option" in r.output and "use_dfl" in r.output
+    r = CliRunner().invoke(cli, ["run", "--model", "gold_yolo-n", "--out", str(tmp_path / "o"),
+                                 "--set", "iou_type=foo"])
+    assert r.exit_code == 2 and "iou_type must be one of" in r.output
+    r = CliRunner().invoke(cli, ["run", "--model", "gold_yolo-n", "--out", str(tmp_path / "o"),
+                                 "--img-size", "320", "--set", "img_size=160"])
+    assert r.exit_code == 2 and "repeats --img-size" in r.output

@@ -436,6 +436,23 @@ def test_tied_assignment_explains_the_loss_difference():
         assert "tie_swap" not in r.to_dict()["assigner"]["init"]
 
 
+def test_assigner_names_the_images_whose_positives_differ():
+    """A batch-indexing bug moves positives from image 1 to image 0: the total is the same, the finding
+    names both images and their counts."""
+    t = make_trace(state="perturbed")
+    fg_t, fg_j = np.zeros((3, 12), bool), np.zeros((3, 12), bool)
+    fg_t[0, [1, 2]], fg_t[1, [3, 4, 5]], fg_t[2, [6]] = True, True, True
+    fg_j[0, [1, 2, 3, 4]], fg_j[1, [5]], fg_j[2, [6]] = True, True, True
+    stages = {"assigner": {"fg_count": 6, "target_scores_sum": 3.0}}
+    t = replace(t, stages=stages, arrays={**t.arrays, "stage/assign/fg_mask": fg_t})
+    j = replace(port_of(t), stages=stages, arrays={**port_of(t).arrays, "stage/assign/fg_mask": fg_j})
+    r = run(t, j, state="perturbed", rules=GOLD_YOLO_RULES)
+    f = [x for x in r.by_type(T.ASSIGNER_MISMATCH) if x.severity == Severity.ERROR]
+    assert f and "image 0 2 vs 4, image 1 3 vs 1" in f[0].message, [x.message for x in f]
+    block = r.to_dict()["assigner"]["perturbed"]
+    assert block["torch"]["fg_per_image"] == [2, 3, 1] and block["jittor"]["fg_per_image"] == [4, 1, 1]
+
+
 # ---------------------------------------------------------------------------------------------
 # the port's own initialisation (checked before the weight transfer)
 

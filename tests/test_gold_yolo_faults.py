@@ -22,7 +22,7 @@ SIX = ("detach_neck", "numpy_roundtrip_loss", "jittor_adaptive_pool", "bn_eps_de
 @pytest.fixture(scope="module")
 def results():
     from aligner.api import RunConfig, run as run_pair
-    from aligner.faults.run import References
+    from aligner.faults.run import PAIR_OPTIONS, References
     from aligner.pairs import get_pair
 
     refs, config = References(), RunConfig(states=STATES)
@@ -30,7 +30,7 @@ def results():
     def run(name: str | None):
         fault = get_fault(name) if name else None
         size = SIZE - 20 if (fault and fault.odd_size) else SIZE
-        opts = dict(fault.options) if fault else {}
+        opts = {**PAIR_OPTIONS, **(dict(fault.options) if fault else {})}
         pair = get_pair("gold_yolo-n", img_size=size, batch=1, **opts)
         if fault is None:
             return run_pair(pair, config, reference=refs.get(pair, config)), None

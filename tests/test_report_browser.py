@@ -22,6 +22,7 @@ from fixtures.make_results import XSS_NAME, make_results  # noqa: E402
 
 from aligner.report import write_outputs  # noqa: E402
 from aligner.report.i18n import TABLES  # noqa: E402
+from aligner.results_io import judged_error  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -166,7 +167,7 @@ def test_filters(page: Page, broken: tuple[dict[str, Any], Path]) -> None:
     n_bad = sum(not r["ok"] for r in layers)
     assert page.shown() == n_bad == page.visible_rows().count()
     # only failing, no explicit sort: the largest introduced error first
-    intro = [float(x) if x != "–" else -1 for x in page.visible_rows().locator("td:nth-child(14)").all_inner_texts()]
+    intro = [float(x) if x != "–" else -1 for x in page.visible_rows().locator("td:nth-child(15)").all_inner_texts()]
     assert intro[0] == max(intro)
     page.page.select_option("#f-kind", "backward")
     assert page.shown() == sum(not r["ok"] and r["kind"] == "backward" for r in layers)
@@ -193,14 +194,15 @@ def test_filters(page: Page, broken: tuple[dict[str, Any], Path]) -> None:
 
 
 def test_sort_and_pages(page: Page, broken: tuple[dict[str, Any], Path]) -> None:
-    rels = sorted(r["rel"] for r in broken[0]["layers"])
-    button = page.page.locator("#layers-table thead th[data-key=rel] button")
+    # the "judged" column: the number each row's verdict used (rel for rows of files without a recorded metric)
+    rels = sorted(j[1] if (j := judged_error(r)) is not None else r["rel"] for r in broken[0]["layers"])
+    button = page.page.locator("#layers-table thead th[data-key=judged] button")
     button.click()
     first = page.visible_rows().first.locator("td:nth-child(10)")
     assert float(first.inner_text()) == pytest.approx(rels[0], rel=2e-2)  # shown with 3 digits
     button.click()
     assert float(first.inner_text()) == pytest.approx(rels[-1], rel=2e-2)
-    assert page.page.locator("#layers-table thead th[data-key=rel]").get_attribute("aria-sort") == "descending"
+    assert page.page.locator("#layers-table thead th[data-key=judged]").get_attribute("aria-sort") == "descending"
     page.page.click("#page-next")
     values = [float(v) for v in page.visible_rows().locator("td:nth-child(10)").all_inner_texts()]
     assert values == sorted(values, reverse=True) and values[0] <= rels[-101] * 1.02
@@ -210,7 +212,7 @@ def test_sort_and_pages(page: Page, broken: tuple[dict[str, Any], Path]) -> None
 
 
 def test_state_lives_in_the_url_and_slash_focuses_search(browser: Any, broken: tuple[dict[str, Any], Path]) -> None:
-    p = Page(browser, broken[1], query="?failing=1&kind=backward&sort=rel&dir=desc")
+    p = Page(browser, broken[1], query="?failing=1&kind=backward&sort=judged&dir=desc")
     try:
         assert p.page.locator("#f-failing").is_checked() and p.page.locator("#f-kind").input_value() == "backward"
         layers = broken[0]["layers"]

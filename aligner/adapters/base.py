@@ -155,6 +155,19 @@ class Adapter(ABC):
     def versions(self) -> dict[str, str]:
         return {}
 
+    def float64_copy(self, model: Any) -> Any:
+        """A float64 deep copy of ``model`` (the caller's model is left as it is)."""
+        import copy  # noqa: PLC0415
+
+        from aligner.errors import AdapterError  # noqa: PLC0415
+        try:
+            return self._to_float64(copy.deepcopy(model))
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is named, not a crash
+            raise AdapterError(f"cannot make a float64 copy of the model ({type(exc).__name__}: {exc})") from exc
+
+    def _to_float64(self, model: Any) -> Any:
+        raise NotImplementedError
+
     # ----- assembly (framework-free) ----------------------------------------------------------
     def _assemble(self, model: Any, named: list[NamedTensor], rec: Recorder, grads: GradResult | None,
                   param_values: dict[str, Any], full: bool, dtype: str, meta: dict[str, Any],

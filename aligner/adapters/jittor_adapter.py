@@ -276,6 +276,20 @@ class JittorAdapter(Adapter):
             out.append((float(loss_of(model(*x)).item()), {}, {}))
         return out
 
+    def float64_copy(self, model: Any) -> Any:
+        # copy.deepcopy of a Var drops its stop_grad (BN running stats would become trainable,
+        # docs/jittor-notes.md): re-apply the original's state on the copy
+        stopped = {nt.name for nt in self._named_tensors(model) if nt.tensor.is_stop_grad()}
+        copy = super().float64_copy(model)
+        for nt in self._named_tensors(copy):
+            if nt.name in stopped and not nt.tensor.is_stop_grad():
+                nt.tensor.stop_grad()
+        return copy
+
+    def _to_float64(self, model: Any) -> Any:
+        model.float64()
+        return model
+
     def _source(self, a: np.ndarray, v: Any) -> Any:
         """A Var to ``update`` ``v`` from. It must NOT be stop_grad: update() copies a source's
         stop_grad onto the target (a trainable param would freeze), while a non-stop_grad source

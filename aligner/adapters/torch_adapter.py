@@ -34,6 +34,9 @@ class TorchAdapter(Adapter):
     def versions(self) -> dict[str, str]:
         return {"torch": self.torch.__version__.split("+")[0]}
 
+    def _to_float64(self, model: Any) -> Any:
+        return model.double()
+
     # ----- tensors ----------------------------------------------------------------------------
     def _is_tensor(self, x: Any) -> bool:
         return isinstance(x, self.torch.Tensor)

@@ -33,10 +33,13 @@ from aligner.runconfig import RunConfig
 from .catalogue import FAST_SUBSET, Fault, catalogue
 
 __all__ = ["FaultOutcome", "CleanOutcome", "References", "run_fault", "run_clean", "run_catalogue", "run_faults",
-           "select", "write_tables", "DEFAULT_OUT", "PAIR"]
+           "select", "write_tables", "DEFAULT_OUT", "PAIR", "PAIR_OPTIONS"]
 
 PAIR = "gold_yolo-n"
 NUM_CLASSES = 20
+# The catalogue runs N with DFL (the golden data's configuration, not the shipped one): several faults
+# (proj_trainable, reg_max_from_config, ...) live on the DFL path; a fault's own options override this.
+PAIR_OPTIONS: dict[str, Any] = {"use_dfl": True}
 DEFAULT_OUT = Path("benchmarks/results")
 CLEAN_SIZES = (320, 500, 640)
 CLEAN_DTYPES = ("float32", "float64")
@@ -153,7 +156,8 @@ def _run_pair(img_size: int, dtype: str, steps: int, options: dict[str, Any], se
               references: References | None) -> Any:
     from aligner.api import run  # noqa: PLC0415 - lazy: the frameworks load here
 
-    pair = get_pair(PAIR, num_classes=NUM_CLASSES, img_size=img_size, dtype=dtype, seed=seed, **options)
+    pair = get_pair(PAIR, num_classes=NUM_CLASSES, img_size=img_size, dtype=dtype, seed=seed,
+                    **{**PAIR_OPTIONS, **options})
     config = RunConfig(steps=steps)
     return run(pair, config, reference=references.get(pair, config) if references is not None else None)
 
@@ -354,7 +358,8 @@ def run_faults(*, subset: str = "all", only: Sequence[str] = (), img_size: int =
     under ``out`` and return the headline numbers. ``cache=False`` recaptures the torch side every run."""
     chosen = select(subset, only)
     say = progress or (lambda _m: None)
-    meta: dict[str, Any] = {"pair": PAIR, "num_classes": NUM_CLASSES, "seed": seed, "img_size": img_size,
+    meta: dict[str, Any] = {"pair": PAIR, "pair_options": PAIR_OPTIONS, "num_classes": NUM_CLASSES, "seed": seed,
+                            "img_size": img_size,
                             "dtype": dtype, "subset": "only" if only else subset,
                             "load_start": _loadavg(), "cpus": os.cpu_count(), "cache": cache}
     outcomes: list[FaultOutcome] = []

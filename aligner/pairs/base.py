@@ -99,6 +99,11 @@ class Pair(ABC):
     def build_for(self, framework: str, **options: Any) -> Any:
         return self.build_torch() if framework == "torch" else self.build_jittor(**options)
 
+    def build_port(self, factory: Callable[[], Any]) -> Any:
+        """A user's own Jittor port from ``factory()``, built as the pair's own port is (seeded, cast to the
+        pair's dtype, in the checked mode)."""
+        return self._seeded_jittor(factory)
+
     def _seeded_torch(self, build: Callable[[], Any]) -> Any:
         """``build()`` under ``torch.manual_seed(seed)``, cast to the pair's dtype, in the checked mode."""
         import torch  # noqa: PLC0415 - lazy

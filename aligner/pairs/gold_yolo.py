@@ -1,7 +1,9 @@
 """The GOLD-YOLO pair: reference_torch vs jittor_impl, with the golden data's recipes.
 
-* Model: ``build_model("gold_yolo-<size>", num_classes, use_dfl, reg_max, drop_path_rate=0)``
+* Model: ``build_model("gold_yolo-<size>", num_classes, use_dfl, reg_max, iou_type, drop_path_rate=0)``
   (drop path off so train mode is deterministic), seeded with ``torch.manual_seed(seed)``, train mode.
+  ``use_dfl``/``reg_max``/``iou_type`` default to the official configuration of the size
+  (:data:`OFFICIAL`); any of them can be overridden (the golden data is N with DFL, ``reg_max`` 16).
 * Inputs (golden README step 1): ``rng = np.random.default_rng(seed)``; image ``rng.random((B,3,S,S),
   float32)``; then 3 boxes per image, each ``cls = rng.integers(0, nc)``, ``w, h = rng.uniform(lo, hi)``
   with (lo, hi) = (0.05, 0.15), (0.15, 0.3), (0.3, 0.5), ``cx, cy = rng.uniform(w/2+0.005, 1-w/2-0.005)``.
@@ -26,11 +28,21 @@ from ..rules.pair import PairRules
 from .base import Pair, PairInputs
 from .gold_yolo_rules import RULES, STRIDES, expected_anchors
 
-__all__ = ["GoldYoloPair", "BOX_RANGES", "expected_anchors"]
+__all__ = ["GoldYoloPair", "BOX_RANGES", "OFFICIAL", "expected_anchors"]
 
 SIZES = ("n", "s", "m", "l")
 BOX_RANGES = ((0.05, 0.15), (0.15, 0.3), (0.3, 0.5))  # (lo, hi) of w and h for box 0, 1, 2 of an image
 ASSIGN_NAMES = ("target_labels", "target_bboxes", "target_scores", "fg_mask")
+# The shipped configs' loss settings per size (official configs/gold_yolo-*.py; checked against
+# reference_torch.configs by tests/test_cli.py). N ships without DFL and with SIoU; its README asks for
+# DFL when distilling, which is an override here, not the default.
+OFFICIAL: dict[str, dict[str, Any]] = {
+    "n": {"use_dfl": False, "reg_max": 0, "iou_type": "siou"},
+    "s": {"use_dfl": True, "reg_max": 16, "iou_type": "giou"},
+    "m": {"use_dfl": True, "reg_max": 16, "iou_type": "giou"},
+    "l": {"use_dfl": True, "reg_max": 16, "iou_type": "giou"},
+}
+IOU_TYPES = ("giou", "ciou", "diou", "siou")
 
 
 class _Tap:
@@ -83,8 +95,9 @@ class GoldYoloPair(Pair):
     size: str = "n"
     num_classes: int = 20
     img_size: int = 500
-    use_dfl: bool = True
-    reg_max: int | None = None    # None: 16 with DFL, else 0 (set in __post_init__)
+    use_dfl: bool | None = None   # None: the official configuration of ``size`` (OFFICIAL)
+    reg_max: int | None = None    # None: official if use_dfl is too, else 16 with DFL and 0 without
+    iou_type: str | None = None   # None: official
     assigner: str = "tal"
 
     def __post_init__(self) -> None:
@@ -95,8 +108,18 @@ class GoldYoloPair(Pair):
             raise ValueError("assigner must be 'tal' (warmup_epoch 0) or 'atss' (warm-up path)")
         if self.img_size < 32 or self.num_classes < 1 or self.batch < 1:
             raise ValueError("need img_size >= 32, num_classes >= 1, batch >= 1")
-        if self.reg_max is None:  # a frozen dataclass sets a derived default through object.__setattr__
-            object.__setattr__(self, "reg_max", 16 if self.use_dfl else 0)
+        official = OFFICIAL[self.size]
+        # a frozen dataclass sets derived defaults through object.__setattr__
+        if self.reg_max is None:
+            reg_max = official["reg_max"] if self.use_dfl is None else (16 if self.use_dfl else 0)
+            object.__setattr__(self, "reg_max", reg_max)
+        for key in ("use_dfl", "iou_type"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, official[key])
+        if self.iou_type not in IOU_TYPES:
+            raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {self.iou_type!r}")
+        if self.use_dfl and not self.reg_max:
+            raise ValueError("use_dfl needs reg_max >= 1 (the official DFL setting is reg_max 16)")
 
     @property
     def label(self) -> str:
@@ -107,12 +130,17 @@ class GoldYoloPair(Pair):
 
     def config(self) -> dict[str, Any]:
         return {"size": self.size, "num_classes": self.num_classes, "img_size": self.img_size,
-                "use_dfl": self.use_dfl, "reg_max": self.reg_max, "batch": self.batch,
-                "assigner": self.assigner, "drop_path_rate": 0.0}
+                "use_dfl": self.use_dfl, "reg_max": self.reg_max, "iou_type": self.iou_type,
+                "batch": self.batch, "assigner": self.assigner, "drop_path_rate": 0.0,
+                "official": self.is_official()}
+
+    def is_official(self) -> bool:
+        """True when the loss settings are the shipped configuration of this size."""
+        return all(getattr(self, k) == v for k, v in OFFICIAL[self.size].items())
 
     def _build_args(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "use_dfl": self.use_dfl, "reg_max": self.reg_max,
-                "drop_path_rate": 0.0}
+                "iou_type": self.iou_type, "drop_path_rate": 0.0}
 
     # ----- models ------------------------------------------------------------------------------
     def build_torch(self) -> Any:
@@ -156,7 +184,8 @@ class GoldYoloPair(Pair):
 
     def _loss_args(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "img_size": self.img_size, "use_dfl": self.use_dfl,
-                "reg_max": self.reg_max, "warmup_epoch": 0 if self.assigner == "tal" else 4}
+                "reg_max": self.reg_max, "iou_type": self.iou_type,
+                "warmup_epoch": 0 if self.assigner == "tal" else 4}
 
     def torch_loss(self) -> LossFn:
         import torch  # noqa: PLC0415
@@ -172,8 +201,40 @@ class GoldYoloPair(Pair):
 
     @staticmethod
     def _wrap(loss_obj: Any) -> LossFn:
+        from ..errors import AdapterError  # noqa: PLC0415 - only this method raises it
+
+        def rank(x: Any) -> int:
+            shape = getattr(x, "shape", None)  # torch.Size, a tuple, or Jittor's NanoVector
+            try:
+                return len(tuple(shape)) if shape is not None else -1
+            except TypeError:
+                return -1
+
+        def feature_maps(x: Any) -> bool:
+            return isinstance(x, (list, tuple)) and len(x) == len(STRIDES) and all(rank(f) == 4 for f in x)
+
+        def describe(x: Any, depth: int = 0) -> str:
+            if isinstance(x, (list, tuple)):
+                inner = ", ".join(describe(v, depth + 1) for v in x[:4]) if depth < 3 else "..."
+                more = ", ..." if len(x) > 4 and depth < 3 else ""
+                return f"{type(x).__name__}[{inner}{more}]"
+            return f"tensor{tuple(x.shape)}" if rank(x) >= 0 else type(x).__name__
+
+        def head_of(outputs: Any) -> Any:
+            # The reference Model returns [(feats, pred_scores, pred_distri), featmaps]; a port may return
+            # the head's (feats, pred_scores, pred_distri) itself
+            if isinstance(outputs, (list, tuple)) and outputs:
+                head = outputs if feature_maps(outputs[0]) else outputs[0]
+                if isinstance(head, (list, tuple)) and len(head) == 3 and feature_maps(head[0]) \
+                        and rank(head[1]) == 3 and rank(head[2]) == 3:
+                    return head
+            raise AdapterError(
+                f"gold_yolo loss: expected the model output [(feats, pred_scores, pred_distri), featmaps] or "
+                f"(feats, pred_scores, pred_distri) (feats: {len(STRIDES)} tensors of rank 4, scores and "
+                f"distri of rank 3), got {describe(outputs)}")
+
         def loss(outputs: Any, targets: Any, ctx: LossContext) -> Any:
-            head = outputs[0]  # Model returns [(feats, pred_scores, pred_distri), featmaps]
+            head = head_of(outputs)
             ctx.record("feat_hw", np.asarray([list(f.shape[2:]) for f in head[0]], dtype=np.int64))
             with _tapped(loss_obj, ctx):
                 total, items = loss_obj(head, targets, epoch_num=0, step_num=0)

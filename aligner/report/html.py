@@ -23,7 +23,7 @@ from aligner.report.culprit import Headline, explained_by, first_row_index, head
 from aligner.report.i18n import localized, state_label, translator, type_name
 from aligner.report.panels import (QuickAnswer, Table, anchor_tables, context_items, grad_tables, loss_tables,
                                    params_table, quick_answers)
-from aligner.results_io import check_results, fmt_num, severity_rank
+from aligner.results_io import check_results, fmt_num, judged_error, severity_rank
 
 __all__ = ["FindingView", "FixlogRow", "TreeNode", "ReportPage", "build_page", "render_html", "order_findings",
            "layer_data"]
@@ -40,13 +40,18 @@ _MORE = re.compile(r"\.\.\.\s*(\d+) more")
 _STATUS_TOKEN = re.compile(r"(?<![\w.])(nonzero|zero|unreachable|frozen|UNREACHABLE)(?![\w.])")
 PAGE_SIZE = 100
 # Columns of one row of the embedded layer data (report.js reads them by these names).
+# ``judged``: the number the row's verdict used (its ``metric``, an index into ``metrics``), next to ``tol``,
+# the bound it was judged against. ``rel`` (max-norm against the float32 reference, which also carries the
+# reference's own rounding) is in the data and layers.csv, not a table column.
 LAYER_FIELDS = ("state", "kind", "order", "torch", "jittor", "type", "match", "shape", "shape_bad", "max_abs",
-                "rel", "tol", "cos", "floor", "intro", "ok", "ftypes", "path")   # path None: same as torch
+                "rel", "judged", "metric", "tol", "cos", "floor", "intro", "ok", "ftypes",
+                "path")   # path None: same as torch
 # Table columns: (sort key, label key, numeric).
 LAYER_COLUMNS = (("state", "col_state", False), ("kind", "col_kind", False), ("order", "col_order", True),
                  ("torch", "col_torch", False), ("jittor", "col_jittor", False), ("type", "col_type", False),
                  ("match", "col_match", False), ("shape", "col_shape", False), ("max_abs", "col_max_abs", True),
-                 ("rel", "col_rel", True), ("tol", "col_tol", True), ("cos", "col_cos", True),
+                 ("judged", "col_judged", True), ("metric", "col_metric", False),
+                 ("tol", "col_tol", True), ("cos", "col_cos", True),
                  ("floor", "col_floor", True), ("intro", "col_intro", True), ("ok", "col_ok", True))
 _STATUS_CSS = {"done": "st-done", "open": "st-open", "partial": "st-partial"}
 # the porting-log template's status words
@@ -270,6 +275,14 @@ def _compact(v: Any) -> float | int | None:
     return float(f"{v:.4g}")
 
 
+def _judged_value(row: Mapping[str, Any]) -> Any:
+    """The number the row's verdict judged; ``rel`` for rows of files written before rows recorded their metric."""
+    judged = judged_error(row)
+    if judged is not None:
+        return judged[1]
+    return row.get("rel") if "metric" not in row else None
+
+
 def layer_data(results: Mapping[str, Any], t: Callable[..., str], lang: str = "en") -> dict[str, Any]:
     """The layer rows as compact columns: repeated strings become indices into small lists."""
     findings = results.get("findings") or []
@@ -277,6 +290,7 @@ def layer_data(results: Mapping[str, Any], t: Callable[..., str], lang: str = "e
     kinds: dict[str, int] = {}
     types: dict[str, int] = {}
     matches: dict[str, int] = {}
+    metrics: dict[str, int] = {}
     idx = lambda d, k: d.setdefault(k, len(d))  # noqa: E731
     # Finding types per row: only rows a located finding points at (cheap: by location prefix).
     located = [f for f in findings if f.get("location")]
@@ -294,11 +308,13 @@ def layer_data(results: Mapping[str, Any], t: Callable[..., str], lang: str = "e
                      int(r.get("order") or 0), tn, None if jn == tn else jn,
                      idx(types, str(r.get("module_type", ""))), idx(matches, str(r.get("match", ""))), shape,
                      1 if bad_shape else 0, _compact(r.get("max_abs")), _compact(r.get("rel")),
-                     _compact(r.get("tol")), _compact(r.get("cosine")), _compact(r.get("noise_floor")),
+                     _compact(_judged_value(r)),
+                     idx(metrics, str(r.get("metric") or "")), _compact(r.get("tol")), _compact(r.get("cosine")), _compact(r.get("noise_floor")),
                      _compact(r.get("introduced_ratio")), 1 if r.get("ok", False) else 0, ftypes,
                      None if str(r.get("torch_name", "")) == tn else str(r.get("torch_name", ""))])
     return {"fields": list(LAYER_FIELDS), "states": list(states), "kinds": list(kinds), "types": list(types),
-            "matches": list(matches), "rows": rows, "page_size": PAGE_SIZE, "first_row": first_row_index(results),
+            "matches": list(matches), "metrics": list(metrics),
+            "metric_labels": [t("metric_" + m) if m else "" for m in metrics], "rows": rows, "page_size": PAGE_SIZE, "first_row": first_row_index(results),
             "labels": {"kinds": [t(k) for k in kinds], "states": [state_label(st, lang) for st in states],
                        "ok": t("ok"), "fail": t("fail"), "page": t("page"),
                        "first_divergence": t("first_divergence")}}

@@ -24,7 +24,7 @@ __all__ = ["OutputPaths", "write_outputs", "render_summary", "layers_csv", "md_t
 LAYER_COLUMNS = ("state", "kind", "order", "torch_name", "jittor_name", "sub", "call", "module_type", "match",
                  "shape_torch", "shape_jittor", "max_abs", "rel", "mean_abs", "cosine", "frac_close",
                  "required_atol", "nan_torch", "nan_jittor", "inf_torch", "inf_jittor", "zero_frac_torch",
-                 "zero_frac_jittor", "tol", "noise_floor", "introduced_ratio", "ok")
+                 "zero_frac_jittor", "metric", "value", "tol", "noise_floor", "introduced_ratio", "ok")
 OUTPUT_FILES = ("index.html", RESULTS_FILE, "layers.csv", "summary.md")
 _SUMMARY_FINDINGS = 10
 # A cell starting with one of these is a formula in Excel / LibreOffice / Sheets (OWASP CSV injection).

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from aligner.results_io import fmt_num
 
-__all__ = ["Cell", "Table", "QuickAnswer", "params_table", "grad_tables", "anchor_tables", "loss_tables",
+__all__ = ["Cell", "Table", "ParamsTable", "QuickAnswer", "params_table", "grad_tables", "anchor_tables", "loss_tables",
            "context_items", "quick_answers"]
 
 # The input size whose anchor count (2,100 for GOLD-YOLO's strides) people expect by habit.
@@ -48,7 +48,17 @@ def _st(state: Any, t: Callable[..., str]) -> str:
     return (label if label != f"st_{base}" else base) + sep + rest
 
 
-def params_table(results: Mapping[str, Any], t: Callable[..., str]) -> Table:
+@dataclass(frozen=True)
+class ParamsTable(Table):
+    """The parameter counts, with the port's parameter story (``params.story``) in English and Chinese: the
+    template shows the sentence of the report's language above the section's tables."""
+    story: tuple[str, str] = ("", "")
+
+    def story_in(self, lang: str) -> str:
+        return self.story[1] if lang == "zh" else self.story[0]
+
+
+def params_table(results: Mapping[str, Any], t: Callable[..., str]) -> ParamsTable:
     p = results.get("params") or {}
     ts, js = p.get("torch") or {}, p.get("jittor") or {}
     rows = []
@@ -56,7 +66,9 @@ def params_table(results: Mapping[str, Any], t: Callable[..., str]) -> Table:
                        ("buffers", t("buffers")), ("frozen", t("param_frozen"))):
         a, b = ts.get(key), js.get(key)
         rows.append((Cell(label), Cell(fmt_num(a)), Cell(fmt_num(b), a != b)))
-    return Table(("", t("torch"), t("jittor")), tuple(rows))
+    story = p.get("story") or {}  # absent in results written before the story existed
+    return ParamsTable(("", t("torch"), t("jittor")), tuple(rows),
+                       story=(str(story.get("en") or ""), str(story.get("zh") or "")))
 
 
 def grad_tables(results: Mapping[str, Any], t: Callable[..., str]) -> tuple[Table, ...]:

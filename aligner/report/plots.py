@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from aligner.results_io import judged_error
+from aligner.tolerances import NOISE
+
 __all__ = ["Tick", "Point", "Series", "Band", "Chart", "Bar", "CoverageRow", "CoverageChart",
            "error_depth_chart", "steps_loss_chart", "steps_drift_chart", "coverage_chart"]
 
@@ -188,19 +191,22 @@ def error_depth_chart(cid: str, layers: Sequence[Mapping[str, Any]], kind: str, 
                       xlabel: str, ylabel: str, tol_label: str, zero_label: str = "0", fd_index: int = -1,
                       fd_label: str = "", state_label: Callable[[str], str] = str, root_label: str = "(model)"
                       ) -> Chart:
-    """Relative error (log) per execution index for rows of ``kind``, one series and tolerance line per state."""
-    idx = [i for i, r in enumerate(layers) if r.get("kind") == kind and isinstance(r.get("order"), int)
-           and isinstance(r.get("rel"), (int, float)) and not math.isnan(r["rel"])]
+    """The judged error (log) per execution index for rows of ``kind``: the number each row's verdict used
+    (:func:`aligner.results_io.judged_error`), against that row's bound; one series and bound line per
+    state. Rows the noise makes uncheckable (metric ``noise``) are not plotted."""
+    value = {i: v for i, r in enumerate(layers) if r.get("kind") == kind and isinstance(r.get("order"), int)
+             and (v := _judged(r)) is not None}
+    idx = list(value)
     if not idx:
         return _chart(cid, title, xlabel, ylabel, (), (), (), empty=True)
     rows = [layers[i] for i in idx]
-    logs = [v for v in (_log(r["rel"]) for r in rows) if v is not None]
+    logs = [v for v in (_log(value[i]) for i in idx) if v is not None]
     logs += [v for v in (_log(r.get("tol")) for r in rows) if v is not None]
     lo_log = min(logs) if logs else -8.0
     hi_log = max(logs) + 0.3 if logs else -7.0
     fx, xticks = _xscale(min(r["order"] for r in rows), max(r["order"] for r in rows))
     fy, yticks = _yscale_log(lo_log, hi_log)
-    zeros = any(r["rel"] <= 0 for r in rows)
+    zeros = any(value[i] <= 0 for i in idx)
     zero_y = HEIGHT - MARGIN_B + ZERO_BAND / 2 + 2 if zeros else 0.0
 
     def y_of(v: float) -> float:
@@ -211,7 +217,7 @@ def error_depth_chart(cid: str, layers: Sequence[Mapping[str, Any]], kind: str, 
     series, tol_lines = [], []
     for si, state in enumerate(states):
         mine = sorted((i for i in idx if str(layers[i].get("state")) == state), key=lambda i: layers[i]["order"])
-        pts = [Point(round(fx(layers[i]["order"]), 1), round(y_of(layers[i]["rel"]), 1),
+        pts = [Point(round(fx(layers[i]["order"]), 1), round(y_of(value[i]), 1),
                      not layers[i].get("ok", True), "", i) for i in mine]
         # thousands of points: the passing ones travel as one path, the failing ones as circles
         ok_pts = [p for p in pts if not p.fail]
@@ -235,6 +241,16 @@ def error_depth_chart(cid: str, layers: Sequence[Mapping[str, Any]], kind: str, 
     return Chart(**{**chart.__dict__, "tol_lines": tuple(tol_lines), "zero_y": zero_y, "zero_label": zero_label,
                     "bands": _bands(rows, fx, root_label), "fd_x": fd_x, "fd_label": fd_label,
                     "height": HEIGHT + (ZERO_BAND + 4 if zeros else 0)})
+
+
+def _judged(row: Mapping[str, Any]) -> float | None:
+    """The number a row's verdict judged (``rel`` for rows written before that was recorded); None for a
+    noise-dominated row or a non-finite value."""
+    if row.get("metric") == NOISE:
+        return None
+    judged = judged_error(row)
+    v = judged[1] if judged is not None else row.get("rel")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _line_series(label: str, css: str, xs: Sequence[float], ys: Sequence[Any], fx: Any, fy: Any,

@@ -11,7 +11,7 @@ from aligner.records import FindingType, Severity
 from aligner.rules.common import fmt, listed, where
 from aligner.rules.messages import phrase, render
 
-__all__ = ["divergence_findings", "nan_inf_findings", "shape_findings", "step_findings",
+__all__ = ["divergence_findings", "nan_inf_findings", "shape_findings", "step_findings", "port_rounding_finding",
            "divergence_from_findings", "ForwardCause"]
 
 T, S = FindingType, Severity
@@ -226,9 +226,29 @@ def step_findings(rows: list[Comparison], block: list[dict[str, Any]]) -> list[F
                           "loss_torch": b.get("loss_torch"), "loss_jittor": b.get("loss_jittor")},
                 position=worst.order,
                 **render(T.BACKWARD_DIVERGENCE, "steps", step=b["step"], count=len(rs), what=what,
-                         what_zh=what_zh, name=worst.torch_name, rel=worst.metrics.rel,
-                         tol=worst.judgement.bound)))
+                         what_zh=what_zh, name=worst.torch_name, metric=worst.judgement.metric,
+                         value=worst.judgement.value, tol=worst.judgement.bound)))
     return out
+
+
+def port_rounding_finding(state: str, rescued: list[Comparison]) -> Finding | None:
+    """Info: tensors that failed the reference's noise bound in float32 but agree in the port's float64 run
+    (:func:`aligner.compare.confirm_with_port64`), with the first one's numbers."""
+    if not rescued:
+        return None
+    first = min(rescued, key=lambda r: (r.state != state, r.order, r.kind.value))
+    jd = first.judgement
+    f32 = first.rel_fp64 if first.rel_fp64 is not None else math.nan
+    ratio = f32 / jd.noise_floor if jd.noise_floor else math.inf
+    kind_zh = {Kind.FORWARD: "输出", Kind.BACKWARD: "输出梯度", Kind.PARAM_GRAD: "参数梯度", Kind.PARAM: "参数"}
+    return Finding(
+        type=T.PORT_ROUNDING, severity=S.INFO, state=state, location=first.torch_name, position=first.order,
+        evidence={"count": len(rescued), "torch_name": first.torch_name, "kind": first.kind.value,
+                  "metric": jd.metric, "value": jd.value, "tol": jd.bound, "value_float32": f32,
+                  "noise_floor": jd.noise_floor, "tensors": [f"{r.state}:{r.kind.value}:{r.torch_name}"
+                                                             for r in rescued[:50]]},
+        **render(T.PORT_ROUNDING, count=len(rescued), name=first.torch_name, kind=first.kind.value,
+                 kind_zh=kind_zh[first.kind], value=f32, tol=jd.bound, value64=jd.value, ratio=ratio))
 
 
 _BACKWARD_TYPES = {T.BACKWARD_DIVERGENCE, T.FROZEN_PARAMETER, T.UNREACHABLE_GRADIENT, T.GRADIENT_PATTERN,

@@ -48,7 +48,8 @@ def mode_findings(torch: Trace, jittor: Trace, mapping: Mapping[str, str]) -> li
             evidence={"flag": key, "count": len(items), "first": m0.name, "torch": _plain(a0), "jittor": _plain(b0),
                       "modules": listed(names)},
             position=first.get(m0.name, -1),
-            **render(T.MODE_MISMATCH, flag=key, count=len(items), where=w_en, where_zh=w_zh, torch=a0, jittor=b0,
+            **render(T.MODE_MISMATCH, flag=key, count=len(items), where=w_en, where_zh=w_zh, torch=_shown(a0, 0),
+                     jittor=_shown(b0, 0), torch_zh=_shown(a0, 1), jittor_zh=_shown(b0, 1),
                      first=m0.name or phrase("root")[0]),
             **render(T.MODE_MISMATCH, _CAUSES.get(key, "cause_other"))))
     return out
@@ -74,6 +75,12 @@ def _same_flag(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
     return a == b
+
+
+def _shown(v: Any, lang: int) -> str:
+    """A flag value in a message: repr, and for a module that lacks the setting (a drop-path rate where the
+    reference has no DropPath) words instead of ``None``."""
+    return phrase("no_such_setting")[lang] if v is None else repr(v)
 
 
 def _plain(v: Any) -> Any:

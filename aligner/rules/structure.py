@@ -169,24 +169,39 @@ def count_drift_findings(torch: Trace, jittor: Trace, mapping: Mapping[str, str]
 def transfer_findings(rows: list[Comparison], torch: Trace, jittor: Trace) -> list[Finding]:
     """Weights whose values differ between the frameworks after the transfer: failing parameter value
     rows, plus the value/dtype problems the capture recorded in ``meta["weight_transfer"]`` (its
-    missing/extra/shape problems are reported more precisely by :func:`inventory_findings`)."""
+    missing/extra/shape problems are reported more precisely by :func:`inventory_findings`), and the Jittor
+    modules none of whose tensors received torch values (``meta["weight_untransferred"]``): they run on the
+    port's own initialisation. Those alone are a warning, their cause is an extra/shape finding."""
     # buffer rows (``buf/``: values after the forward) are forward-side findings, not transfer problems
     bad = [r for r in rows if r.kind == Kind.PARAM and not r.ok and r.metrics.shape_ok
            and not r.torch_key.startswith("buf/")]
     recorded = list(jittor.meta.get("weight_transfer") or []) + list(torch.meta.get("weight_transfer") or [])
     problems = [w for w in recorded if isinstance(w, Mapping) and str(w.get("kind")) in ("value", "dtype")]
     names = list(dict.fromkeys([r.torch_name for r in bad] + [str(w.get("name")) for w in problems]))
-    if not names:
+    untransferred = [str(m) for m in jittor.meta.get("weight_untransferred") or []]
+    if not names and not untransferred:
         return []
+    state = rows[0].state if rows else (jittor.state or None)
+    shown = ", ".join(listed(untransferred, 5))  # the message names a few, the evidence up to MAX_LISTED
+    evidence_untransferred = {"untransferred": listed(untransferred), "untransferred_count": len(untransferred)}
+    if not names:
+        return [Finding(
+            type=T.WEIGHT_TRANSFER, severity=S.WARNING, state=state, location=place(untransferred, jittor),
+            evidence={"count": 0, "params": [], "worst_rel": 0.0, "capture_problems": [], **evidence_untransferred},
+            **render(T.WEIGHT_TRANSFER, "untransferred", n=len(untransferred), modules=shown))]
     pmod = {p.name: p.module for p in torch.params}
     worst = max((r.metrics.rel for r in bad), default=0.0)
     first = problems[0].get("message") if problems else None
+    left = render(T.WEIGHT_TRANSFER, "untransferred_suffix", n=len(untransferred), modules=shown) \
+        if untransferred else {}
     return [Finding(
-        type=T.WEIGHT_TRANSFER, severity=S.ERROR, state=rows[0].state if rows else None,
+        type=T.WEIGHT_TRANSFER, severity=S.ERROR, state=state,
         location=place((pmod.get(n, n) for n in names), torch),
-        evidence={"count": len(names), "params": listed(names), "worst_rel": worst, "capture_problems": problems[:20]},
+        evidence={"count": len(names), "params": listed(names), "worst_rel": worst, "capture_problems": problems[:20],
+                  **evidence_untransferred},
         **render(T.WEIGHT_TRANSFER, count=len(names), worst=worst,
-                 reported=f"; capture reported: {first}" if first else ""))]
+                 reported=f"; capture reported: {first}" if first else "",
+                 untransferred=left.get("message", ""), untransferred_zh=left.get("message_zh", "")))]
 
 
 def unmatched_findings(result: MatchResult) -> list[Finding]:

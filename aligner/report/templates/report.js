@@ -42,7 +42,7 @@ window.setTimeout(function () {
   var lower = rows.map(function (r) {
     return (r[col.torch] + " " + (r[col.jittor] === null ? "" : r[col.jittor]) + " " + D.types[r[col.type]]).toLowerCase();
   });
-  var numericCols = { order: 1, max_abs: 1, rel: 1, tol: 1, cos: 1, floor: 1, intro: 1, ok: 1 };
+  var numericCols = { order: 1, max_abs: 1, rel: 1, judged: 1, tol: 1, cos: 1, floor: 1, intro: 1, ok: 1 };
 
   var matches = function (i) {
     var r = rows[i];
@@ -62,6 +62,7 @@ window.setTimeout(function () {
     if (key === "kind") { return D.kinds[v]; }
     if (key === "type") { return D.types[v].toLowerCase(); }
     if (key === "match") { return D.matches[v]; }
+    if (key === "metric") { return D.metrics[v]; }
     if (key === "ok") { return v ? 1 : 0; }
     if (numericCols[key]) { return (v === null || v === undefined) ? Infinity : v; }
     return String(v === null ? rows[i][col.torch] : v).toLowerCase();
@@ -125,8 +126,11 @@ window.setTimeout(function () {
     td(tr, D.matches[r[col.match]], "c-match");
     td(tr, r[col.shape], r[col.shape_bad] ? "badcell c-shape" : "c-shape");
     td(tr, fmt(r[col.max_abs]), "n");
-    td(tr, fmt(r[col.rel]), r[col.ok] ? "n" : "n badcell");
-    td(tr, fmt(r[col.tol]), "n");
+    // the number the verdict used, against its bound: a noise-dominated row has none to show
+    var noise = D.metrics[r[col.metric]] === "noise";
+    td(tr, noise ? "–" : fmt(r[col.judged]), r[col.ok] ? "n" : "n badcell");
+    td(tr, D.metric_labels[r[col.metric]], noise ? "c-metric noise" : "c-metric");
+    td(tr, noise ? "–" : fmt(r[col.tol]), "n");
     td(tr, fmt(r[col.cos], 4), "n");
     td(tr, fmt(r[col.floor]), "n");
     td(tr, r[col.intro] === null ? "–" : fmt(r[col.intro]), "n");
@@ -279,7 +283,8 @@ window.setTimeout(function () {
       var q = D ? nearest(svg, e) : null;
       if (!q) { tip.hidden = true; return; }
       var r = rows[q[2]];
-      tip.textContent = r[col.torch] + " [" + L.states[r[col.state]] + "] rel=" + fmt(r[col.rel]) + " tol=" + fmt(r[col.tol]);
+      tip.textContent = r[col.torch] + " [" + L.states[r[col.state]] + "] " + D.metric_labels[r[col.metric]] + " " +
+        fmt(r[col.judged]) + (r[col.ok] ? " ≤ " : " > ") + fmt(r[col.tol]);
       tip.hidden = false;
       tip.style.left = Math.max(0, Math.min(e.pageX + 10, document.documentElement.clientWidth - 300)) + "px";
       tip.style.top = (e.pageY - 34) + "px";
