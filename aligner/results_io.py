@@ -23,7 +23,7 @@ from aligner.records import FindingType, Severity
 
 __all__ = ["RESULTS_SCHEMA", "RESULTS_FILE", "SEVERITY_ORDER", "ResultsFormatError", "to_jsonable", "dumps_json",
            "results_text", "write_results", "write_json", "parse_json", "check_results", "load_results",
-           "load_baseline", "layer_key", "judged_error", "finding_key", "severity_rank", "fmt_num", "finding_metric"]
+           "load_baseline", "layer_key", "judged_error", "judged_value", "finding_key", "severity_rank", "fmt_num", "finding_metric"]
 
 # The one schema this code writes and reads; bump it (and the changelog) on any incompatible change.
 RESULTS_SCHEMA = 1
@@ -425,6 +425,15 @@ def judged_error(row: Mapping[str, Any]) -> tuple[str, float] | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(row["metric"]), float(value)
     return None
+
+def judged_value(row: Mapping[str, Any]) -> Any:
+    """The number a layer row's verdict judged; ``rel`` for rows of files written before rows recorded their
+    metric (None for a shape / NaN verdict)."""
+    judged = judged_error(row)
+    if judged is not None:
+        return judged[1]
+    return row.get("rel") if "metric" not in row else None
+
 
 def finding_metric(finding: Mapping[str, Any]) -> tuple[str, float, float | None] | None:
     """(metric name, value, tolerance or None) read from a finding's evidence, or None."""

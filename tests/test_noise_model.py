@@ -89,27 +89,6 @@ def test_port_rounding_is_not_an_error_but_a_real_difference_is() -> None:
                for f in wrong.errors), [(f.type, f.location) for f in wrong.errors]
 
 
-def test_without_the_port_sample_the_float32_comparison_fails() -> None:
-    """The same clean port judged on float32 alone (no float64 of either side) is what the noise model
-    fixes: the port's rounding is outside the reference's float32 noise bound."""
-    from aligner.compare import needs_port_sample
-
-    r = _align(1e-5)
-    before = [replace_ok(x) for x in r.rows if x.judgement.metric.endswith("_port64")]
-    assert before and needs_port_sample(before)
-
-
-def replace_ok(row):  # noqa: ANN001, ANN201
-    """The row as the float32 comparison judged it, before the port's float64 run cleared it."""
-    from dataclasses import replace
-
-    from aligner.analysis_records import Judgement
-
-    jd = row.judgement
-    return replace(row, judgement=Judgement(ok=False, metric=jd.metric.replace("_port64", "_fp64"),
-                                            value=row.rel_fp64, bound=jd.bound, noise_floor=jd.noise_floor))
-
-
 def test_noise_dominated_threshold_follows_the_multiplier() -> None:
     from aligner.tolerances import noise_dominated
 

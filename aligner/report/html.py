@@ -23,7 +23,7 @@ from aligner.report.culprit import Headline, explained_by, first_row_index, head
 from aligner.report.i18n import localized, state_label, translator, type_name
 from aligner.report.panels import (QuickAnswer, Table, anchor_tables, context_items, grad_tables, loss_tables,
                                    params_table, quick_answers)
-from aligner.results_io import check_results, fmt_num, judged_error, severity_rank
+from aligner.results_io import check_results, fmt_num, judged_value, severity_rank
 
 __all__ = ["FindingView", "FixlogRow", "TreeNode", "ReportPage", "build_page", "render_html", "order_findings",
            "layer_data"]
@@ -275,14 +275,6 @@ def _compact(v: Any) -> float | int | None:
     return float(f"{v:.4g}")
 
 
-def _judged_value(row: Mapping[str, Any]) -> Any:
-    """The number the row's verdict judged; ``rel`` for rows of files written before rows recorded their metric."""
-    judged = judged_error(row)
-    if judged is not None:
-        return judged[1]
-    return row.get("rel") if "metric" not in row else None
-
-
 def layer_data(results: Mapping[str, Any], t: Callable[..., str], lang: str = "en") -> dict[str, Any]:
     """The layer rows as compact columns: repeated strings become indices into small lists."""
     findings = results.get("findings") or []
@@ -308,7 +300,7 @@ def layer_data(results: Mapping[str, Any], t: Callable[..., str], lang: str = "e
                      int(r.get("order") or 0), tn, None if jn == tn else jn,
                      idx(types, str(r.get("module_type", ""))), idx(matches, str(r.get("match", ""))), shape,
                      1 if bad_shape else 0, _compact(r.get("max_abs")), _compact(r.get("rel")),
-                     _compact(_judged_value(r)),
+                     _compact(judged_value(r)),
                      idx(metrics, str(r.get("metric") or "")), _compact(r.get("tol")), _compact(r.get("cosine")), _compact(r.get("noise_floor")),
                      _compact(r.get("introduced_ratio")), 1 if r.get("ok", False) else 0, ftypes,
                      None if str(r.get("torch_name", "")) == tn else str(r.get("torch_name", ""))])

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from aligner.results_io import judged_error
+from aligner.results_io import judged_value
 from aligner.tolerances import NOISE
 
 __all__ = ["Tick", "Point", "Series", "Band", "Chart", "Bar", "CoverageRow", "CoverageChart",
@@ -192,7 +192,7 @@ def error_depth_chart(cid: str, layers: Sequence[Mapping[str, Any]], kind: str, 
                       fd_label: str = "", state_label: Callable[[str], str] = str, root_label: str = "(model)"
                       ) -> Chart:
     """The judged error (log) per execution index for rows of ``kind``: the number each row's verdict used
-    (:func:`aligner.results_io.judged_error`), against that row's bound; one series and bound line per
+    (:func:`aligner.results_io.judged_value`), against that row's bound; one series and bound line per
     state. Rows the noise makes uncheckable (metric ``noise``) are not plotted."""
     value = {i: v for i, r in enumerate(layers) if r.get("kind") == kind and isinstance(r.get("order"), int)
              and (v := _judged(r)) is not None}
@@ -248,8 +248,7 @@ def _judged(row: Mapping[str, Any]) -> float | None:
     noise-dominated row or a non-finite value."""
     if row.get("metric") == NOISE:
         return None
-    judged = judged_error(row)
-    v = judged[1] if judged is not None else row.get("rel")
+    v = judged_value(row)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
