@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from aligner.analysis_records import Comparison, Finding, Kind, StateComparison, StateTraces
-from aligner.compare import compare_rows, compare_steps, confirm_with_port64, needs_port_sample, noise_reference
+from aligner.compare import (compare_rows, compare_steps, confirm_with_port64, needs_port_sample, noise_reference,
+                             scales_of)
 from aligner.divergence import first_divergence, locate
 from aligner.errors import NoMatchError
 from aligner.inventory import modules_block, params_block
+from aligner.isolation import CallPair, IsolatedModule, Isolate, judge_isolated
 from aligner.match import load_mapping, match_traces
 from aligner.records import FindingType, Trace
 from aligner.result import AlignmentResult
 from aligner.rules.divergence import (divergence_findings, divergence_from_findings, nan_inf_findings,
                                       port_rounding_finding, shape_findings, step_findings)
 from aligner.rules.gradients import grad_pattern, gradient_findings, sparsity_finding
+from aligner.rules.isolation import isolation_findings
 from aligner.rules.loss import loss_findings
 from aligner.rules.modes import dedupe_modes, mode_findings, mode_locations
 from aligner.rules.order import sort_findings
@@ -69,13 +72,17 @@ class Analysis:
         self.assign: dict[str, Any] = {}
         self.step_rows: list[Comparison] = []
         self.steps: list[dict[str, Any]] = []
+        self.isolation: dict[str, list[IsolatedModule]] = {}
 
-    def add(self, st: StateTraces, port64: Trace | Callable[[], Trace | None] | None = None) -> StateComparison:
+    def add(self, st: StateTraces, port64: Trace | Callable[[], Trace | None] | None = None,
+            isolate: Isolate | None = None) -> StateComparison:
         """Compare one state and derive its findings; keeps only light copies of the traces.
 
         ``port64``: the port's own float64 run of this state (or a function capturing it, called only when
         some float32 tensor fails its noise-floor bound); rows it shows to differ by the port's float32
-        rounding only pass (:func:`aligner.compare.confirm_with_port64`)."""
+        rounding only pass (:func:`aligner.compare.confirm_with_port64`). ``isolate``: replays this state's
+        matched module calls on the reference's own inputs (:mod:`aligner.adapters.isolation`); each
+        module whose own computation differs becomes a ``module_deviation`` finding."""
         if self.tol is None:
             self.tol = Tolerances.coerce(self._tol_in, str(st.torch.meta.get("dtype") or "float32"))
         tol, maps = self.tol, self.maps
@@ -106,6 +113,8 @@ class Analysis:
                              backward=where.backward, noise_floor_used=noise.trace is not None,
                              reference_mismatch=noise.mismatch, uncaptured=where.uncaptured)
         self.comps.append(sc)
+        if isolate is not None:
+            self._isolate(st, matches, isolate)
         rules = self.rules
         f = divergence_findings(sc, _state_ctx(st, set()), rules.forward_cause)
         f += nan_inf_findings(sc) + shape_findings(sc)
@@ -134,6 +143,18 @@ class Analysis:
         self.states.append(StateTraces(st.state, _light(st.torch), _light(st.jittor)))
         return sc
 
+    def _isolate(self, st: StateTraces, matches: Any, isolate: Isolate) -> None:
+        """Replay and judge this state's matched calls (the root, the whole model, is the end-to-end run)."""
+        assert self.tol is not None
+        if self.progress:
+            self.progress(f"[{st.state}] module isolation: each module on the reference's own inputs")
+        calls = [CallPair(m.torch.order, m.torch.module, m.torch.call_index, m.jittor.module, m.jittor.call_index,
+                          m.torch.module_type) for m in matches.matches if m.torch.module and m.jittor.module]
+        tol, scales = self.tol, scales_of(st.torch)
+        judged: list[IsolatedModule] = []
+        isolate(calls, lambda ic: judged.append(judge_isolated(ic, tol, scales)))
+        self.isolation[st.state] = judged
+
     def result(self, run: Mapping[str, Any] | None = None) -> AlignmentResult:
         if not self.states or self.tol is None:
             raise NoMatchError("no model state was captured: nothing to compare")
@@ -152,6 +173,7 @@ class Analysis:
         rules = self.rules
         anchors = rules.anchors(first.torch, first.jittor) if rules.anchors else None
         static += modes + (rules.anchor_findings(anchors) if rules.anchor_findings else [])
+        static += isolation_findings(self.isolation)
         findings = list(self.findings)
         # forward divergences at a module with a mode mismatch name it as the likely cause
         mode_locs = mode_locations(modes)
@@ -169,22 +191,34 @@ class Analysis:
         return AlignmentResult(run_info, comps, all_findings, first_div,
                                params_block(first.torch, first.jittor, self.patterns, maps),
                                modules_block(first.torch, first.jittor, maps), anchors, self.loss,
-                               self.assign, self.steps, self.step_rows)
+                               self.assign, self.steps, self.step_rows, _isolation_block(self.isolation))
 
 
 def analyze(states: Sequence[StateTraces], *, tolerances: Tolerances | Mapping[str, Any] | None = None,
             mapping: Mapping[str, str] | str | Path | None = None, run: Mapping[str, Any] | None = None,
             progress: Callable[[str], None] | None = None, rules: PairRules | None = None,
-            port64: Mapping[str, Trace | Callable[[], Trace | None]] | None = None) -> AlignmentResult:
+            port64: Mapping[str, Trace | Callable[[], Trace | None]] | None = None,
+            isolate: Mapping[str, Isolate] | None = None) -> AlignmentResult:
     """Compare captured traces (one :class:`StateTraces` per model state) and derive findings
     (``rules``: the pair's own, :meth:`aligner.pairs.base.Pair.rules`; ``port64``: the port's own float64
-    run per state, or a function capturing it, see :meth:`Analysis.add`)."""
+    run per state, or a function capturing it; ``isolate``: the module-isolation runner per state; see
+    :meth:`Analysis.add`)."""
     if not states:
         raise NoMatchError("no model state was captured: nothing to compare")
     acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress, rules=rules)
     for st in states:
-        acc.add(st, port64=(port64 or {}).get(st.state))
+        acc.add(st, port64=(port64 or {}).get(st.state), isolate=(isolate or {}).get(st.state))
     return acc.result(run)
+
+
+def _isolation_block(by_state: Mapping[str, Sequence[IsolatedModule]]) -> dict[str, Any]:
+    """results.json ``isolation``: per state, how many calls were replayed, and every call that deviates or
+    could not be replayed, with its judged tensors."""
+    return {s: {"replayed": sum(1 for m in mods if m.skipped is None),
+                "deviating": sum(1 for m in mods if not m.ok),
+                "skipped": sum(1 for m in mods if m.skipped is not None),
+                "calls": [m.to_dict() for m in mods if not m.ok or m.skipped is not None]}
+            for s, mods in by_state.items()}
 
 
 def _run_block(states: Sequence[StateTraces], tol: Tolerances, run: Mapping[str, Any] | None) -> dict[str, Any]:

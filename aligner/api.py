@@ -98,7 +98,10 @@ def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | N
     # state is captured (a GOLD-YOLO state at 640 holds several GB of activations).
     acc = Analysis(tolerances=config.tolerances, mapping=config.mapping, progress=progress, rules=pair.rules())
     hi = pair.dtype == "float32"
-    sample = _PortSample(pair, port, weights, config, jittor_model, timings, acc.maps) \
+    # the Jittor side's loss: the port's own (--port-loss) when given, else the pair's
+    jpair = replace(pair, port_loss=port.loss) if port.loss is not None else pair
+    loss_blocks: dict[str, Any] = {}
+    sample = _PortSample(jpair, port, weights, config, jittor_model, timings, acc.maps) \
         if (hi and config.noise_floor) else None
     for s in ref.states:
         say(f"[{s}] capturing {pair.label} in torch")
@@ -106,22 +109,45 @@ def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | N
         say(f"[{s}] capturing jittor")
         first = s == ref.states[0]  # the init check is state-independent: recorded with the first state only
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
-            pair, "jittor", states=[s], full=not config.stats_only, weights={s: weights[s]}, model=jittor_model,
+            jpair, "jittor", states=[s], full=not config.stats_only, weights={s: weights[s]}, model=jittor_model,
             init=jinit if first else False, name_map=acc.maps, **extra)[s])
         other = None
         if config.noise_floor:
             odt = "float64" if hi else "float32"
             say(f"[{s}] capturing the {odt} reference (noise floor)")
             other = _timed(timings, f"capture_torch{odt[-2:]}", lambda: ref.other_trace(s))
+        iso = _isolation(pair, ref, jittor_model, weights[s], acc.maps, sample, timings, say) \
+            if config.isolate and not config.stats_only else None
         _timed(timings, "compare", lambda: acc.add(StateTraces(s, tt, jt_, other if hi else None,
                                                                None if hi else other),
-                                                   port64=sample.capturer(s) if sample else None))
+                                                   port64=sample.capturer(s) if sample else None, isolate=iso))
         del tt, jt_, other
+        if port.loss is not None:
+            say(f"[{s}] checking the port's loss alone on the reference's head outputs")
+            _timed(timings, "loss_check", lambda: _check_port_loss(pair, ref, weights[s], s, port.loss, config,
+                                                                   acc, loss_blocks))
     result = _timed(timings, "compare", lambda: acc.result())
     result.run["timings"] = {**timings, **result.run.get("timings", {})}
+    if loss_blocks:
+        result.run["loss_check"] = loss_blocks
     if out_dir is not None:
         write_results(result, out_dir)
     return result
+
+
+def _check_port_loss(pair: Pair, ref: Reference, weights: dict[str, np.ndarray], state: str,
+                     make_loss: Callable[[], Any], config: RunConfig, acc: Analysis,
+                     blocks: dict[str, Any]) -> None:
+    """The port's own loss alone (:mod:`aligner.adapters.loss_check`): its findings join the analysis's
+    (``acc.findings``, ordered with the rest by ``acc.result``) and its block goes to ``blocks[state]``."""
+    from aligner.adapters.loss_check import isolate_loss, reference_head  # noqa: PLC0415 - lazy: frameworks
+    from aligner.rules.loss_check import loss_check_findings  # noqa: PLC0415
+
+    head = reference_head(pair, ref.model(), weights)
+    inputs = isolate_loss(pair, head, make_loss, other=config.noise_floor)
+    findings, blocks[state] = loss_check_findings(state, inputs, acc.tol or Tolerances.coerce(
+        config.tolerances, pair.dtype), pair.item_names)
+    acc.findings += findings
 
 
 class _PortSample:
@@ -154,6 +180,38 @@ class _PortSample:
                 self.pair64, "jittor", states=[state], full=not self.config.stats_only, weights={state: w64},
                 model=self._model(), init=False, name_map=self.name_map, **extra)[state])
         return capture
+
+
+def _isolation(pair: Pair, ref: Reference, jittor_model: Any, weights: dict[str, np.ndarray],
+               name_map: dict[str, str], sample: _PortSample | None, timings: dict[str, float],
+               say: Callable[[str], None]) -> Callable[..., None]:
+    """The module-isolation runner of one state: both models put back into the state's weights and mode,
+    the reference's own inputs, the port's float64 twin (the noise sample's, else a copy) when asked for."""
+    def run(calls: list[Any], sink: Callable[[Any], None]) -> None:
+        from aligner.adapters import get_adapter  # noqa: PLC0415 - lazy: imports the frameworks
+        from aligner.adapters.isolation import isolate_models  # noqa: PLC0415
+        from aligner.weights import transfer_arrays  # noqa: PLC0415
+
+        ta, ja = get_adapter("torch"), get_adapter("jittor")
+        t0 = time.perf_counter()
+        tm = ref.model()
+        ta.load_arrays(tm, weights)
+        pair.prepare(tm, "torch")
+        transfer_arrays(weights, ja, jittor_model, name_map=name_map)
+        pair.prepare(jittor_model, "jittor")
+
+        def jittor64() -> Any:
+            m = sample._model() if sample is not None else ja.float64_copy(jittor_model)
+            w64 = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in weights.items()}
+            transfer_arrays(w64, ja, m, name_map=name_map)
+            pair.prepare(m, "jittor")
+            return m
+        try:
+            isolate_models(tm, jittor_model, pair.make_inputs().inputs, calls, sink, name_map=name_map,
+                           seed=pair.seed, jittor64=jittor64, progress=say)
+        finally:
+            timings["isolate"] = round(timings.get("isolate", 0.0) + time.perf_counter() - t0, 4)
+    return run
 
 
 def _init_summary(model: Any) -> dict[str, Any]:

@@ -191,6 +191,17 @@ def _port(spec: str, args_text: str | None) -> Any:
     return Port(factory=functools.partial(build_port, spec, parse_port_args(args_text)))
 
 
+def _port_loss(spec: str, args_text: str | None) -> Any:
+    """The loss factory of ``--port-loss``/``--port-loss-args`` (imported now, so a bad spec fails before any
+    capture; the loss object is built inside the run)."""
+    import functools
+
+    from aligner.port_loader import build_port_loss, load_factory, parse_port_args
+
+    load_factory(spec, "--port-loss")
+    return functools.partial(build_port_loss, spec, parse_port_args(args_text, "--port-loss-args"))
+
+
 def _config_line(config: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items())
 
@@ -228,6 +239,9 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
 @click.option("--no-cache", is_flag=True,
               help="Capture the torch reference again instead of reusing it from the reference cache "
                    "($ALIGNER_CACHE_DIR, default ~/.cache/aligner/reference).")
+@click.option("--no-isolate", is_flag=True,
+              help="Skip module isolation (replaying each module on the reference's own inputs, which finds every "
+                   "module's own deviation, not only the first divergence).")
 @SET_OPTION
 @click.option("--port", "port_spec", default=None, metavar="PATH.py:FACTORY",
               help="Your own Jittor port instead of the pair's: a factory in a file or module "
@@ -236,11 +250,17 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
 @click.option("--map", "map_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Name map {torch name: port name} (`aligner map` proposes one); used for the weight transfer "
                    "and the comparison.")
+@click.option("--port-loss", "port_loss_spec", default=None, metavar="PATH.py:FACTORY",
+              help="Your port's own loss: a factory returning L with L(head, targets) -> (total, items) (head in the "
+                   "reference layout; optional L.head(outputs), L.assignment). The port trains on it, and it is also "
+                   "checked alone on the reference's head outputs and a stress input (README, 'Your own port').")
+@click.option("--port-loss-args", default=None, metavar="JSON",
+              help="Keyword arguments of the port loss factory (a JSON object).")
 @click.option("--verbose", is_flag=True, help="Show the frameworks' own output (kernel compiles, warnings).")
 def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str, out: Path, lang: str,
         fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool,
-        no_cache: bool, settings: Sequence[str], port_spec: str | None, port_args: str | None,
-        map_path: Path | None, verbose: bool) -> None:
+        no_cache: bool, no_isolate: bool, settings: Sequence[str], port_spec: str | None, port_args: str | None,
+        map_path: Path | None, port_loss_spec: str | None, port_loss_args: str | None, verbose: bool) -> None:
     """Capture both frameworks, compare them, and write the report.
 
     GOLD-YOLO sizes run their official configuration (N: no DFL, SIoU; S/M/L: DFL 16, GIoU) unless
@@ -261,6 +281,14 @@ def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dt
         extra["port"] = _port(port_spec, port_args)
     elif port_args is not None:
         raise UsageError("--port-args needs --port")
+    if port_loss_spec is not None:
+        from dataclasses import replace
+
+        from aligner.runconfig import Port
+
+        extra["port"] = replace(extra.get("port") or Port(), loss=_port_loss(port_loss_spec, port_loss_args))
+    elif port_loss_args is not None:
+        raise UsageError("--port-loss-args needs --port-loss")
     if map_path is not None:
         from aligner.match import load_mapping
 
@@ -268,11 +296,13 @@ def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dt
         extra["mapping"] = map_path
     progress(f"aligning {model} ({dtype}) with {_config_line(pair.config())}"
              + (f", port {port_spec}" if port_spec else "")
+             + (f", port loss {port_loss_spec}" if port_loss_spec else "")
              + "; the first Jittor run compiles kernels and can take minutes")
     with folded_output(progress, verbose=verbose):
         results = _results_dict(api.run_pair(
             model, stats_only=stats_only, steps=steps, states=list(states) or None,
-            noise_floor=not no_noise_floor, cache=not no_cache, progress=progress, **options, **extra))
+            noise_floor=not no_noise_floor, cache=not no_cache, progress=progress,
+            **({"isolate": False} if no_isolate else {}), **options, **extra))
     click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
 
 

@@ -22,8 +22,8 @@ from aligner.records import CallRecord, ParamKind, TensorStats, Trace, buffer_ke
 from aligner.sides import Side, fetch
 from aligner.tolerances import Tolerances, judge
 
-__all__ = ["compare_rows", "compare_steps", "noise_reference", "reference_mismatch", "ROUNDOFF",
-           "needs_port_sample", "confirm_with_port64", "PORT64_SUFFIX"]
+__all__ = ["compare_rows", "compare_steps", "noise_reference", "reference_mismatch", "ROUNDOFF", "judge_pair",
+           "scales_of", "needs_port_sample", "confirm_with_port64", "PORT64_SUFFIX"]
 
 # Floor of the input error in introduced_ratio: one unit of round-off of the compared dtype.
 ROUNDOFF = {"float32": 2.0 ** -24, "float64": 2.0 ** -53}
@@ -52,7 +52,7 @@ def compare_rows(st: StateTraces, tolerances: Tolerances, noise: NoiseReference,
     (see :mod:`aligner.divergence` for where the rows first leave tolerance)."""
     t, j = sides
     r64 = Side(noise.trace) if noise.trace is not None else None
-    scales = _scales(st.torch)
+    scales = scales_of(st.torch)
     rows: list[Comparison] = []
     memo: dict[tuple[Any, ...], Any] = {}
     for m in matches.matches:
@@ -78,7 +78,7 @@ def reference_mismatch(ref: Trace, other: Trace) -> list[str]:
     return bad
 
 
-def _scales(torch: Trace) -> dict[str, float]:
+def scales_of(torch: Trace) -> dict[str, float]:
     """Largest |reference| per kind in this state (scale of the absolute floor)."""
     out = {k.value: 0.0 for k in Kind}
     prefix = {"act": Kind.FORWARD, "gact": Kind.BACKWARD, "pgrad": Kind.PARAM_GRAD, "param": Kind.PARAM}
@@ -103,7 +103,7 @@ def _memoised(memo: dict[tuple[Any, ...], Any] | None, objs: tuple[Any, ...], pa
     return hit[1]
 
 
-def _judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, ref64: Tensor | None,
+def judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, ref64: Tensor | None,
                 low: bool, tol: Tolerances, scales: dict[str, float], tol_kind: Kind | None = None,
                 memo: dict[tuple[Any, ...], Any] | None = None
                 ) -> tuple[TensorMetrics, Judgement, float | None, str | None] | None:
@@ -211,7 +211,7 @@ def _call_rows(state: str, m: Match, t: Side, j: Side, r64: Side | None, low: bo
                 ref = ref if ref is not None else np.zeros((0,))
                 port = port if port is not None else np.zeros((0,))
             ref64 = get(r64, rec64) if (r64 and rec64) else None
-            res = _judge_pair(kind, m.torch.module, ref, port, ref64, low, tol, scales, memo=memo)
+            res = judge_pair(kind, m.torch.module, ref, port, ref64, low, tol, scales, memo=memo)
             if res is None:
                 continue
             metrics, jd, e64, missing = res
@@ -253,7 +253,7 @@ def _param_rows(state: str, torch: Trace, jittor: Trace, torch64: Trace | None, 
             if kind == Kind.PARAM and (ref is None or port is None):
                 continue  # values not captured on one side (buffers: traces without ``buf/`` keys)
             tol_kind = Kind.FORWARD if tk.startswith("buf/") else None
-            res = _judge_pair(kind, p.name, ref, port, ref64, low, tol, scales, tol_kind)
+            res = judge_pair(kind, p.name, ref, port, ref64, low, tol, scales, tol_kind)
             if res is None:
                 continue
             metrics, jd, e64, missing = res
@@ -293,7 +293,7 @@ def compare_steps(st: StateTraces, tolerances: Tolerances, noise: NoiseReference
                 if ref is None and port is None:
                     continue
                 ref64 = fetch(r64, tk) if r64 is not None else None
-                res = _judge_pair(kind, p.name, ref, port, ref64, low, tolerances, scales, Kind.PARAM_GRAD)
+                res = judge_pair(kind, p.name, ref, port, ref64, low, tolerances, scales, Kind.PARAM_GRAD)
                 if res is None:
                     continue
                 metrics, jd, e64, missing = res

@@ -1,9 +1,12 @@
-"""Pure-numpy error metrics for one pair of tensors (reference vs port).
+"""Error metrics for one pair of tensors (reference vs port), no framework import.
 
 Numerical care as Polygraphy does it: both sides are cast up to float64 before subtracting, an
 epsilon stands in where the reference is all zero, NaN never compares equal, and a shape mismatch
-fails instead of being broadcast. When only :class:`~aligner.records.TensorStats` exist (stats-only
-capture), :func:`compare_stats` gives lower bounds from the summaries.
+fails instead of being broadcast. Every sum accumulates in float64. The all-finite case (almost every
+tensor) takes one fused pass over the pair (:mod:`aligner.reductions`: a compiled kernel where a C
+compiler exists, else chunked numpy); NaN, Inf and overflow take the exact masked path below. When
+only :class:`~aligner.records.TensorStats` exist (stats-only capture), :func:`compare_stats` gives
+lower bounds from the summaries.
 """
 from __future__ import annotations
 
@@ -128,8 +131,9 @@ def compare_arrays(ref: np.ndarray, port: np.ndarray, *, rtol: float = 0.0,
     """All metrics of ``port`` against ``ref``; elementwise closeness is ``|d| <= atol + rtol*|ref|``."""
     r0, p0 = np.asarray(ref), np.asarray(port)
     if r0.shape == p0.shape and r0.size and _numeric(r0, p0):
-        # the common case, all finite: one fused chunked pass (aligner.reductions), ~3x faster than the
-        # whole-array passes below, which remain for NaN/Inf/overflow (same numbers up to summation order)
+        # the common case, all finite: one fused pass (aligner.reductions; benchmarks/results/
+        # compare_throughput.md); the whole-array passes below remain for NaN/Inf/overflow (same numbers
+        # up to summation order)
         s = pair_sums(r0, p0, rtol, atol)
         if s is not None:
             shape = tuple(int(x) for x in r0.shape)

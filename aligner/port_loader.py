@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from aligner.errors import UsageError
 
-__all__ = ["load_factory", "parse_port_args", "build_port", "is_jittor_module"]
+__all__ = ["load_factory", "parse_port_args", "build_port", "build_port_loss", "is_jittor_module"]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -26,10 +26,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
-def _split(spec: str) -> tuple[str, str]:
+def _split(spec: str, option: str = "--port") -> tuple[str, str]:
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr or not attr.replace(".", "_").isidentifier():
-        raise UsageError(f"--port expects PATH.py:FACTORY or package.module:FACTORY, got {spec!r}", slug="port")
+        raise UsageError(f"{option} expects PATH.py:FACTORY or package.module:FACTORY, got {spec!r}", slug="port")
     return where, attr
 
 
@@ -75,10 +75,10 @@ def _import_dotted(name: str) -> ModuleType:
         raise UsageError(f"importing port module {name} failed: {_first_line(exc)}", slug="port") from exc
 
 
-def load_factory(spec: str) -> Callable[..., Any]:
+def load_factory(spec: str, option: str = "--port") -> Callable[..., Any]:
     """The callable named by ``spec`` (``file.py:factory`` or ``package.module:factory``; ``attr.sub``
-    reaches into a class or object)."""
-    where, attr = _split(spec)
+    reaches into a class or object); ``option`` names the command-line option in errors."""
+    where, attr = _split(spec, option)
     module = _import_file(Path(where)) if _is_file_spec(where) else _import_dotted(where)
     obj: Any = module
     for part in attr.split("."):
@@ -90,16 +90,16 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return obj
 
 
-def parse_port_args(text: str | None) -> dict[str, Any]:
-    """``--port-args``: a JSON object of keyword arguments for the factory (None -> none)."""
+def parse_port_args(text: str | None, option: str = "--port-args") -> dict[str, Any]:
+    """``--port-args`` (or ``option``): a JSON object of keyword arguments for the factory (None -> none)."""
     if not text:
         return {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--port-args is not valid JSON: {exc}", slug="port") from exc
+        raise UsageError(f"{option} is not valid JSON: {exc}", slug="port") from exc
     if not isinstance(data, dict):
-        raise UsageError(f"--port-args must be a JSON object of keyword arguments, got {type(data).__name__}",
+        raise UsageError(f"{option} must be a JSON object of keyword arguments, got {type(data).__name__}",
                          slug="port")
     return data
 
@@ -121,3 +121,18 @@ def build_port(spec: str, kwargs: dict[str, Any] | None = None, *,
         kind = f"{type(model).__module__}.{type(model).__qualname__}"
         raise UsageError(f"port factory {spec} returned {kind}, not a Jittor Module", slug="port")
     return model
+
+
+def build_port_loss(spec: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """``--port-loss``: the user's loss object ``L`` from the factory of ``spec`` called with ``kwargs``; it must be
+    callable as ``L(head, targets) -> (total, items)`` (:meth:`aligner.pairs.base.Pair.port_loss_fn`)."""
+    factory = load_factory(spec, "--port-loss")
+    try:
+        loss = factory(**(kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - the user's code: name its error in one line
+        raise UsageError(f"port loss factory {spec} raised {_first_line(exc)}", slug="port") from exc
+    if not callable(loss):
+        kind = f"{type(loss).__module__}.{type(loss).__qualname__}"
+        raise UsageError(f"port loss factory {spec} returned {kind}, not a callable L(head, targets) -> "
+                         f"(total, items)", slug="port")
+    return loss

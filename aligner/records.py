@@ -120,6 +120,7 @@ class FindingType(StrEnum):
     UNMATCHED_MODULE = "unmatched_module"
     GRAD_SPARSITY_EXPLAINED = "grad_sparsity_explained"
     PORT_ROUNDING = "port_rounding"
+    MODULE_DEVIATION = "module_deviation"
 
 
 @unique

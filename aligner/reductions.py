@@ -1,29 +1,38 @@
 """Fused float64 reductions over one array or a pair of equally shaped arrays, in cache-sized chunks on a
 thread pool.
 
-The metrics of one tensor pair need about fifteen passes (casts, difference, maxima, sums, dot
-products, closeness counts). Done on whole float64 copies each pass streams the tensor through memory
-again; done on 64 Ki-element chunks the casts and temporaries stay in cache, and the chunks of a large
-tensor are spread over the cores (numpy releases the GIL inside its loops). Partial results are
-combined in chunk order, so the numbers do not depend on the thread count or scheduling.
+The metrics of one tensor pair need about fifteen quantities (maxima, sums, dot products, closeness
+counts). The compiled kernel (:mod:`aligner.fused_kernel`) gets them all in one pass that reads each
+element once and keeps no temporaries; where no C compiler is available the same chunks are reduced by
+numpy passes on cache-sized float64 copies (numpy releases the GIL inside its loops). Either way a tensor
+is cut into the same 64 Ki-element chunks, blocks of chunks are spread over the cores, and the
+per-chunk partials are combined in chunk order, so the numbers do not depend on the thread count or
+scheduling, and the two paths agree up to the summation order inside a chunk (~1e-14 relative; maxima
+and counts exactly).
 
 Only the all-finite case is handled here: every function returns None when a sum of squares is not
 finite (a NaN, an Inf or an overflow), and the caller falls back to its exact masked path.
-:func:`array_stats` also hashes the bytes (sha1) on another core while the chunks are reduced.
+:func:`array_stats` also hashes the bytes (sha1) while the chunks are reduced on the pool.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["PairSums", "ErrorSums", "ArrayStats", "pair_sums", "error_sums", "array_stats", "sha1_of", "CHUNK"]
+from aligner import fused_kernel
+
+__all__ = ["PairSums", "ErrorSums", "ArrayStats", "pair_sums", "error_sums", "array_stats", "sha1_of", "CHUNK",
+           "backend", "set_backend"]
+
+log = logging.getLogger(__name__)
 
 # 64 Ki float64 = 512 KiB per scratch buffer: fastest of 16/64/256 Ki on the 2-core machine
 # (benchmarks/results/notes.md: 178 M float32 elements, 1.26 s vs 1.88 s and 1.54 s).
@@ -71,6 +80,10 @@ class ArrayStats:
     zeros: int
 
 
+# ---------------------------------------------------------------------------------------------
+# numpy path: per chunk, passes over float64 copies in per-thread scratch buffers
+
+
 def _scratch() -> tuple[np.ndarray, ...]:
     b = getattr(_local, "buffers", None)
     if b is None:  # per thread: reused for every chunk (fresh large allocations fault their pages in)
@@ -96,17 +109,6 @@ def _pair_chunk(r: np.ndarray, p: np.ndarray, rtol: float, atol: float) -> tuple
     np.add(S, atol, out=S)
     close = np.count_nonzero(np.less_equal(D, S, out=B))
     return zr, zp, amax, dmax, dsum, rr, pp, rp, dd, req, close
-
-
-def _error_chunk(r: np.ndarray, p: np.ndarray) -> tuple[float, ...]:
-    n = r.size
-    R, P, D = (x[:n] for x in _scratch()[:3])
-    np.copyto(R, r)
-    np.copyto(P, p)
-    np.subtract(P, R, out=D)
-    np.abs(D, out=D)
-    np.abs(R, out=P)
-    return D.max(), P.max(), D.dot(D), R.dot(R)
 
 
 def _stats_chunk(x: np.ndarray) -> tuple[float, ...]:
@@ -142,10 +144,137 @@ def _map(fn: Callable[..., tuple[float, ...]], arrays: tuple[np.ndarray, ...], *
     return list(_get_pool().map(run, spans))
 
 
+def _numpy_pair(ref: np.ndarray, port: np.ndarray, rtol: float, atol: float) -> Sequence[Sequence[float]]:
+    return list(zip(*_map(_pair_chunk, (ref, port), rtol, atol)))
+
+
+def _error_chunk(r: np.ndarray, p: np.ndarray) -> tuple[float, ...]:
+    n = r.size
+    R, P, D = (x[:n] for x in _scratch()[:3])
+    np.copyto(R, r)
+    np.copyto(P, p)
+    np.subtract(P, R, out=D)
+    np.abs(D, out=D)
+    np.abs(R, out=P)
+    return D.max(), P.max(), D.dot(D), R.dot(R)
+
+
+def _numpy_stats(c: np.ndarray) -> Sequence[Sequence[float]]:
+    return list(zip(*_map(_stats_chunk, (c,))))
+
+
+# ---------------------------------------------------------------------------------------------
+# compiled path: one call per block range (GIL released), per-chunk partials in a (chunks, fields) array
+
+_KERNEL_TYPES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
+# below this many elements one thread runs the whole kernel call (< ~1 ms): waking the pool cost more than it
+# saved on the shared 2-core machine (1e5 float32 pairs: 0.76 G/s inline, 0.54 G/s on two threads)
+_PARALLEL_MIN = 1 << 19
+# below this many bytes the hash is computed after the reduction: handing work to another thread costs more
+_HASH_ASYNC_BYTES = 1 << 20
+_backend: str | None = None      # "c" or "numpy"; resolved at first use
+_backend_lock = threading.Lock()
+
+
+def _run_blocks(fn: Any, arrays: tuple[np.ndarray, ...], extra: tuple[float, ...], fields: int,
+                beside: Callable[[], Any] | None = None) -> tuple[np.ndarray, Any]:
+    """(partials transposed to (fields, chunks), ``beside()``). Large arrays: block ranges on the pool;
+    with ``beside`` (the sha1 of a stats-only summary) the kernel runs on one pool thread while the
+    calling thread hashes, the hash being the slower of the two."""
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+    n = flat[0].size
+    chunks = -(-n // CHUNK)
+    out = np.empty((chunks, fields))
+    if beside is not None:
+        per, use_pool = chunks, sum(f.nbytes for f in flat) >= _HASH_ASYNC_BYTES and _WORKERS > 1
+    else:
+        # whole chunks per thread: the partials are the same for any thread count
+        per = -(-chunks // _WORKERS) if n >= _PARALLEL_MIN else chunks
+        use_pool = per < chunks
+
+    def run(k0: int) -> None:
+        s, e = k0 * CHUNK, min((k0 + per) * CHUNK, n)
+        fn(*(f.ctypes.data + s * f.itemsize for f in flat), e - s, CHUNK, *extra, out[k0:].ctypes.data)
+
+    if not use_pool:
+        run(0)
+        return out.T, (beside() if beside is not None else None)
+    futures = [_get_pool().submit(run, k) for k in range(0, chunks, per)]
+    side = beside() if beside is not None else None
+    for f in futures:
+        f.result()
+    return out.T, side
+
+
+def _kernel_pair(ref: np.ndarray, port: np.ndarray, rtol: float, atol: float) -> Sequence[Sequence[float]] | None:
+    tr, tp = _KERNEL_TYPES.get(ref.dtype), _KERNEL_TYPES.get(port.dtype)
+    if tr is None or tp is None or backend() != "c":
+        return None
+    lib = fused_kernel.load()
+    return _run_blocks(getattr(lib, f"pair_{tr}{tp}"), (ref, port), (float(rtol), float(atol)),
+                       fused_kernel.PAIR_FIELDS)[0]
+
+
+def _probe_agrees() -> bool:
+    """The built kernel against the numpy path on a small array with zeros and a ragged tail: a
+    miscompiled or wrongly built library is never used."""
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal(CHUNK + 37)
+    r[::5] = 0.0
+    p = r + 1e-3 * rng.standard_normal(r.size)
+    lib = fused_kernel.load()
+    for a, b in ((r, p), (r.astype(np.float32), p.astype(np.float32)), (r.astype(np.float32), p)):
+        fast = _run_blocks(getattr(lib, f"pair_{_KERNEL_TYPES[a.dtype]}{_KERNEL_TYPES[b.dtype]}"), (a, b),
+                           (1e-3, 1e-6), fused_kernel.PAIR_FIELDS)[0]
+        slow = np.array(_numpy_pair(a, b, 1e-3, 1e-6), dtype=np.float64)
+        exact = [0, 1, 2, 3, 9, 10]   # counts and maxima
+        if not (np.array_equal(fast[exact], slow[exact]) and np.allclose(fast, slow, rtol=1e-12, atol=0)):
+            return False
+        fast = _run_blocks(getattr(lib, f"stats_{_KERNEL_TYPES[a.dtype]}"), (a,), (), fused_kernel.STATS_FIELDS)[0]
+        slow = np.array(_numpy_stats(a), dtype=np.float64)
+        if not (np.array_equal(fast[[0, 1, 2, 6]], slow[[0, 1, 2, 6]])
+                and np.allclose(fast, slow, rtol=1e-12, atol=1e-12 * float(np.abs(slow[3]).max()))):
+            return False
+    return True
+
+
+def backend() -> str:
+    """``"c"`` when the compiled kernel is in use, else ``"numpy"``."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = "numpy"
+            if fused_kernel.load() is not None:
+                with np.errstate(all="ignore"):
+                    ok = _probe_agrees()
+                if ok:
+                    _backend = "c"
+                else:
+                    log.warning("aligner: the compiled reduction kernel disagrees with numpy; using numpy")
+        return _backend
+
+
+def set_backend(name: str) -> str:
+    """Force ``"numpy"`` or ``"c"`` (only where the kernel loads) or re-resolve with ``"auto"``; returns the
+    previous backend. For benchmarks and equivalence tests."""
+    global _backend
+    previous = backend()
+    if name == "c" and fused_kernel.load() is None:
+        raise RuntimeError("the compiled reduction kernel is not available on this machine")
+    with _backend_lock:
+        _backend = None if name == "auto" else name
+    return previous
+
+
+# ---------------------------------------------------------------------------------------------
+# combined results
+
+
 def pair_sums(ref: np.ndarray, port: np.ndarray, rtol: float, atol: float) -> PairSums | None:
     """Fused metrics ingredients of two non-empty, equally shaped arrays; None if not all finite."""
-    parts = _map(_pair_chunk, (ref, port), rtol, atol)
-    col = list(zip(*parts))
+    col = _kernel_pair(ref, port, rtol, atol)
+    if col is None:
+        col = _numpy_pair(ref, port, rtol, atol)
     out = PairSums(n=int(ref.size), zeros_ref=int(sum(col[0])), zeros_port=int(sum(col[1])),
                    ref_absmax=float(max(col[2])), max_abs=float(max(col[3])), sum_abs=float(math.fsum(col[4])),
                    rr=float(math.fsum(col[5])), pp=float(math.fsum(col[6])), rp=float(math.fsum(col[7])),
@@ -158,7 +287,11 @@ def pair_sums(ref: np.ndarray, port: np.ndarray, rtol: float, atol: float) -> Pa
 
 def error_sums(ref: np.ndarray, port: np.ndarray) -> ErrorSums | None:
     """max |d|, max |ref|, sum d^2, sum ref^2 of two non-empty, equally shaped arrays; None if not all finite."""
-    col = list(zip(*_map(_error_chunk, (ref, port))))
+    fast = _kernel_pair(ref, port, 0.0, 0.0)   # the kernel's extra sums cost no extra memory traffic
+    if fast is not None:
+        col = [fast[3], fast[2], fast[8], fast[5]]
+    else:
+        col = list(zip(*_map(_error_chunk, (ref, port))))
     out = ErrorSums(float(max(col[0])), float(max(col[1])), float(math.fsum(col[2])), float(math.fsum(col[3])))
     if not (math.isfinite(out.dd) and math.isfinite(out.rr) and math.isfinite(out.max_abs)):
         return None
@@ -170,17 +303,18 @@ def sha1_of(c: np.ndarray) -> str:
     return hashlib.sha1(memoryview(c).cast("B") if c.size else c.tobytes()).hexdigest()
 
 
-# below this many bytes the hash is computed inline: handing it to another thread costs more
-_HASH_ASYNC_BYTES = 1 << 20
-
-
 def array_stats(c: np.ndarray) -> tuple[ArrayStats | None, str]:
     """(stats, sha1) of a non-empty C-contiguous numeric array; stats None if not all finite.
 
-    hashlib releases the GIL on large buffers, so the hash runs on a pool thread beside the chunks."""
-    pending = _get_pool().submit(sha1_of, c) if (c.nbytes >= _HASH_ASYNC_BYTES and _WORKERS > 1) else None
-    col = list(zip(*_map(_stats_chunk, (c,))))
-    digest = pending.result() if pending is not None else sha1_of(c)
+    hashlib releases the GIL on large buffers, so the hash runs beside the chunk reductions."""
+    t = _KERNEL_TYPES.get(c.dtype)
+    if t is not None and backend() == "c":
+        col, digest = _run_blocks(getattr(fused_kernel.load(), f"stats_{t}"), (c,), (), fused_kernel.STATS_FIELDS,
+                                  beside=lambda: sha1_of(c))
+    else:
+        hashing = _get_pool().submit(sha1_of, c) if (c.nbytes >= _HASH_ASYNC_BYTES and _WORKERS > 1) else None
+        col = _numpy_stats(c)
+        digest = hashing.result() if hashing is not None else sha1_of(c)
     n = int(sum(col[0]))
     total = math.fsum(col[3])
     mean = total / n

@@ -27,6 +27,7 @@ class AlignmentResult:
     assigner: dict[str, Any] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
     step_rows: list[Comparison] = field(default_factory=list)
+    isolation: dict[str, Any] = field(default_factory=dict)   # module isolation per state (aligner.isolation)
 
     @property
     def verdict(self) -> str:
@@ -65,4 +66,5 @@ class AlignmentResult:
             "assigner": self.assigner,
             "steps": self.steps,
             "modules": self.modules,
+            "isolation": self.isolation,
         })

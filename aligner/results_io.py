@@ -191,7 +191,7 @@ _BASELINE_TOP_KEYS = ("schema", "run", "verdict", "first_divergence", "counts", 
                       "params", "anchors")
 _RUN_KEYS = ("id", "pair", "config", "dtype", "seed", "states")
 _TOP_KEYS = frozenset(("schema", "baseline", "run", "verdict", "first_divergence", "counts", "findings", "layers",
-                       "unmatched", "params", "anchors", "loss", "assigner", "steps", "modules"))
+                       "unmatched", "params", "anchors", "loss", "assigner", "steps", "modules", "isolation"))
 _FINDING_KEYS = ("id", "type", "severity", "state", "location", "message", "message_zh", "evidence", "likely_cause",
                  "likely_cause_zh")
 _BASELINE_FINDING_KEYS = ("id", "type", "severity", "state", "location", "message")
@@ -347,6 +347,7 @@ def check_results(results: Any, source: str = "results", *, baseline: bool = Fal
     c.obj(results.get("assigner"), "assigner", required="assigner" in results)
     c.arr(results.get("steps"), "steps", required="steps" in results)
     c.arr(results.get("modules"), "modules", required="modules" in results)
+    c.obj(results.get("isolation"), "isolation", required=False)
     return results
 
 

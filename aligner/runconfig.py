@@ -23,6 +23,8 @@ class RunConfig:
     the torch reference's traces are reused from (:mod:`aligner.reference_cache`): True the default
     directory (``$ALIGNER_CACHE_DIR`` or ``~/.cache/aligner/reference``), a path that directory, False
     capture them every run; it changes no result, only whether the reference is captured again.
+    ``isolate``: also replay every matched module on the reference's own inputs (module isolation,
+    :mod:`aligner.isolation`), so each module's own deviation is found even behind an earlier one.
     """
     states: tuple[str, ...] = ()
     noise_floor: bool = True
@@ -31,6 +33,7 @@ class RunConfig:
     tolerances: Tolerances | Mapping[str, Any] | None = None
     mapping: Mapping[str, str] | str | Path | None = None
     cache: bool | str | Path = True
+    isolate: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "states", tuple(self.states or ()))  # a list or None given by a caller
@@ -59,7 +62,10 @@ class Port:
     small pair); ``factory``, a function building the user's own port (called seeded, like the pair's
     build; its fresh values are checked against the reference's init, and it builds the float64 twin);
     or ``model``, a model the caller built (its initial values are then not checked: it may already
-    hold trained or loaded weights)."""
+    hold trained or loaded weights). ``loss``: a function building the user's own loss object (``--port-loss``,
+    :meth:`aligner.pairs.base.Pair.port_loss_fn`), used for the port's capture and checked alone on the
+    reference's head outputs (:mod:`aligner.adapters.loss_check`); None: the pair's own Jittor loss."""
     options: Mapping[str, Any] = field(default_factory=dict)
     model: Any = None
     factory: Callable[[], Any] | None = None
+    loss: Callable[[], Any] | None = None

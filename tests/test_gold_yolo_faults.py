@@ -25,7 +25,7 @@ def results():
     from aligner.faults.run import PAIR_OPTIONS, References
     from aligner.pairs import get_pair
 
-    refs, config = References(), RunConfig(states=STATES)
+    refs, config = References(), RunConfig(states=STATES, isolate=False)  # as the catalogue scores them
 
     def run(name: str | None):
         fault = get_fault(name) if name else None

@@ -69,7 +69,8 @@ def _value(text: str) -> Any:
 def parse_settings(name: str, items: Iterable[str]) -> dict[str, Any]:
     """``--set key=value`` items -> pair options of ``name`` (true/false, numbers and words are typed;
     a key the pair does not have is a one-line UsageError naming the ones it has)."""
-    known = sorted(f.name for f in dataclasses.fields(_pair_class(name)) if f.name != "size")
+    known = sorted(f.name for f in dataclasses.fields(_pair_class(name))
+                   if f.name != "size" and f.metadata.get("setting", True))
     out: dict[str, Any] = {}
     for item in items:
         for part in str(item).split(","):

@@ -40,6 +40,10 @@ class Pair(ABC):
     seed: int = 0
     dtype: str = "float32"
     batch: int = 2
+    # the user's own loss for the Jittor side (``--port-loss``): a function building the loss object L of
+    # :meth:`port_loss_fn`; not a pair option (no ``--set``), not part of the pair's identity
+    port_loss: Callable[[], Any] | None = field(default=None, compare=False, repr=False,
+                                                metadata={"setting": False})
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64"):
@@ -94,7 +98,44 @@ class Pair(ABC):
         """Same contract as :meth:`torch_loss`, for the Jittor model."""
 
     def loss_for(self, framework: str) -> LossFn:
-        return self.torch_loss() if framework == "torch" else self.jittor_loss()
+        if framework == "torch":
+            return self.torch_loss()
+        return self.jittor_loss() if self.port_loss is None else self.port_loss_fn(self.port_loss())
+
+    # ----- the user's own loss (``--port-loss``; checked alone by aligner.adapters.loss_check) -----------
+    # head leaves (flatten paths of :meth:`head_of`'s value) whose gradients the loss check compares, by name
+    head_grads: ClassVar[dict[str, str]] = {}
+
+    def head_of(self, outputs: Any) -> Any:
+        """What the loss takes from the reference model's outputs (the reference layout); default: all of it."""
+        return outputs
+
+    def stress_head(self, head: Any, targets: Any) -> Any:
+        """A stress input for the loss built from the reference head ``head`` (numpy leaves, same structure),
+        where clamping and NaN handling decide the result; None: the pair has none."""
+        return None
+
+    def port_loss_fn(self, loss_obj: Any, *, from_model: bool = True) -> LossFn:
+        """``loss(outputs, targets, ctx)`` around the user's loss object ``L``: ``L(head, targets) -> (total,
+        items)`` on the head in the reference layout (``L.head(outputs)`` when L has it, else
+        :meth:`head_of`; ``from_model`` False: ``outputs`` is that head already). Records ``loss_items`` and
+        ``L.assignment`` (a dict set during the call, e.g. ``fg_mask``) as the ``assign/<key>`` stages."""
+        convert = getattr(loss_obj, "head", None)
+        convert = convert if callable(convert) else self.head_of
+
+        def loss(outputs: Any, targets: Any, ctx: Any) -> Any:
+            head = convert(outputs) if from_model else outputs
+            if hasattr(loss_obj, "assignment"):
+                loss_obj.assignment = None  # a stale one from an earlier call is not this call's
+            total, items = loss_obj(head, targets)
+            if isinstance(items, (list, tuple)):  # a list of scalars: one array, as the reference's Var [3]
+                items = np.asarray([float(v.item()) if hasattr(v, "item") else float(v) for v in items])
+            ctx.record("loss_items", items)
+            assignment = getattr(loss_obj, "assignment", None)
+            if isinstance(assignment, dict) and assignment:
+                ctx.record("assign", dict(assignment))
+            return total
+        return loss
 
     def build_for(self, framework: str, **options: Any) -> Any:
         return self.build_torch() if framework == "torch" else self.build_jittor(**options)

@@ -13,6 +13,9 @@
 * Stages: ``anchors`` / ``anchor_points`` / ``anchors_per_level`` / ``stride_tensor`` (what the loss's
   ``generate_anchors`` returned), ``feat_hw``, ``assign/<target_labels|target_bboxes|target_scores|fg_mask>``
   (the assigner's outputs, before the loss divides the boxes by the stride), ``loss_items``.
+* The user's own loss (``--port-loss``): its head is ``(feats, pred_scores, pred_distri)`` (:func:`head_of`), its
+  gradients are checked w.r.t. ``pred_scores`` and ``pred_distri``, and :meth:`GoldYoloPair.stress_head` builds
+  the stress input (saturated scores, zero-size and inverted boxes, a large loss).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from ..rules.pair import PairRules
 from .base import Pair, PairInputs
 from .gold_yolo_rules import RULES, STRIDES, expected_anchors
 
-__all__ = ["GoldYoloPair", "BOX_RANGES", "OFFICIAL", "expected_anchors"]
+__all__ = ["GoldYoloPair", "BOX_RANGES", "OFFICIAL", "expected_anchors", "head_of"]
 
 SIZES = ("n", "s", "m", "l")
 BOX_RANGES = ((0.05, 0.15), (0.15, 0.3), (0.3, 0.5))  # (lo, hi) of w and h for box 0, 1, 2 of an image
@@ -84,6 +87,51 @@ def _tapped(loss_obj: Any, ctx: LossContext) -> Iterator[None]:
     finally:
         mod.generate_anchors = orig_ga
         loss_obj.formal_assigner, loss_obj.warmup_assigner = orig
+
+
+def _rank(x: Any) -> int:
+    shape = getattr(x, "shape", None)  # torch.Size, a tuple, or Jittor's NanoVector
+    try:
+        return len(tuple(shape)) if shape is not None else -1
+    except TypeError:
+        return -1
+
+
+def _feature_maps(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) == len(STRIDES) and all(_rank(f) == 4 for f in x)
+
+
+def _describe(x: Any, depth: int = 0) -> str:
+    if isinstance(x, (list, tuple)):
+        inner = ", ".join(_describe(v, depth + 1) for v in x[:4]) if depth < 3 else "..."
+        more = ", ..." if len(x) > 4 and depth < 3 else ""
+        return f"{type(x).__name__}[{inner}{more}]"
+    return f"tensor{tuple(x.shape)}" if _rank(x) >= 0 else type(x).__name__
+
+
+def head_of(outputs: Any) -> Any:
+    """The loss's input (feats, pred_scores, pred_distri) of a model output: the reference Model returns
+    [(feats, pred_scores, pred_distri), featmaps]; a port may return the head's triple itself."""
+    from ..errors import AdapterError  # noqa: PLC0415 - only this function raises it
+
+    if isinstance(outputs, (list, tuple)) and outputs:
+        head = outputs if _feature_maps(outputs[0]) else outputs[0]
+        if isinstance(head, (list, tuple)) and len(head) == 3 and _feature_maps(head[0]) \
+                and _rank(head[1]) == 3 and _rank(head[2]) == 3:
+            return head
+    raise AdapterError(
+        f"gold_yolo loss: expected the model output [(feats, pred_scores, pred_distri), featmaps] or "
+        f"(feats, pred_scores, pred_distri) (feats: {len(STRIDES)} tensors of rank 4, scores and "
+        f"distri of rank 3), got {_describe(outputs)}")
+
+
+def _anchor_points(feat_hw: list[tuple[int, int]], offset: float = 0.5) -> np.ndarray:
+    """[A, 2] anchor centres in pixels, level by level, row-major (the loss's generate_anchors)."""
+    pts = []
+    for (h, w), stride in zip(feat_hw, STRIDES):
+        ys, xs = np.meshgrid(np.arange(h) + offset, np.arange(w) + offset, indexing="ij")
+        pts.append(np.stack([xs.reshape(-1), ys.reshape(-1)], -1) * stride)
+    return np.concatenate(pts, 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,38 +249,6 @@ class GoldYoloPair(Pair):
 
     @staticmethod
     def _wrap(loss_obj: Any) -> LossFn:
-        from ..errors import AdapterError  # noqa: PLC0415 - only this method raises it
-
-        def rank(x: Any) -> int:
-            shape = getattr(x, "shape", None)  # torch.Size, a tuple, or Jittor's NanoVector
-            try:
-                return len(tuple(shape)) if shape is not None else -1
-            except TypeError:
-                return -1
-
-        def feature_maps(x: Any) -> bool:
-            return isinstance(x, (list, tuple)) and len(x) == len(STRIDES) and all(rank(f) == 4 for f in x)
-
-        def describe(x: Any, depth: int = 0) -> str:
-            if isinstance(x, (list, tuple)):
-                inner = ", ".join(describe(v, depth + 1) for v in x[:4]) if depth < 3 else "..."
-                more = ", ..." if len(x) > 4 and depth < 3 else ""
-                return f"{type(x).__name__}[{inner}{more}]"
-            return f"tensor{tuple(x.shape)}" if rank(x) >= 0 else type(x).__name__
-
-        def head_of(outputs: Any) -> Any:
-            # The reference Model returns [(feats, pred_scores, pred_distri), featmaps]; a port may return
-            # the head's (feats, pred_scores, pred_distri) itself
-            if isinstance(outputs, (list, tuple)) and outputs:
-                head = outputs if feature_maps(outputs[0]) else outputs[0]
-                if isinstance(head, (list, tuple)) and len(head) == 3 and feature_maps(head[0]) \
-                        and rank(head[1]) == 3 and rank(head[2]) == 3:
-                    return head
-            raise AdapterError(
-                f"gold_yolo loss: expected the model output [(feats, pred_scores, pred_distri), featmaps] or "
-                f"(feats, pred_scores, pred_distri) (feats: {len(STRIDES)} tensors of rank 4, scores and "
-                f"distri of rank 3), got {describe(outputs)}")
-
         def loss(outputs: Any, targets: Any, ctx: LossContext) -> Any:
             head = head_of(outputs)
             ctx.record("feat_hw", np.asarray([list(f.shape[2:]) for f in head[0]], dtype=np.int64))
@@ -241,6 +257,60 @@ class GoldYoloPair(Pair):
             ctx.record("loss_items", items)
             return total
         return loss
+
+    # ----- the user's own loss (--port-loss) ------------------------------------------------------
+    head_grads: ClassVar[dict[str, str]] = {"1": "pred_scores", "2": "pred_distri"}
+
+    def head_of(self, outputs: Any) -> Any:
+        return head_of(outputs)
+
+    def port_loss_fn(self, loss_obj: Any, *, from_model: bool = True) -> LossFn:
+        inner = super().port_loss_fn(loss_obj, from_model=from_model)
+        convert = getattr(loss_obj, "head", None)
+        convert = convert if callable(convert) else head_of
+
+        def loss(outputs: Any, targets: Any, ctx: LossContext) -> Any:
+            feats = (convert(outputs) if from_model else outputs)[0]
+            ctx.record("feat_hw", np.asarray([list(f.shape[2:]) for f in feats], dtype=np.int64))
+            return inner(outputs, targets, ctx)
+        return loss
+
+    def stress_head(self, head: Any, targets: Any) -> Any:
+        """The head with every score saturated and the boxes of the anchors outside every GT box degenerate.
+
+        Scores (probabilities: the head applied the sigmoid) become exactly 0 or 1, as the sigmoid of logits
+        beyond +-104 is in float32: 1 for the classes present in an image (so the TAL metric of each GT is
+        ``IoU^beta`` and no new ties at zero decide the top-k), a fixed 0/1 pattern for the other classes
+        (the negatives' BCE reaches the reference's log clamp at -100: a large loss). Boxes: anchors whose
+        centre is outside every GT box of their image (never assigned, but seen by the assigner's IoU) get
+        zero-size boxes (distances 0) and inverted ones (x2 < x1: left and right distances -1 grid unit); with DFL the
+        logits are +-100 with all mass on bin 0 (zero-size: a DFL expectation cannot be negative).
+        """
+        feats, scores, distri = head[0], np.array(head[1]), np.array(head[2])
+        bsz, n_anchors, nc = scores.shape
+        tg = np.asarray(targets, np.float64)
+        pattern = (np.arange(n_anchors)[:, None] + np.arange(nc)[None, :]) % 2
+        outside = np.ones((bsz, n_anchors), dtype=bool)
+        points = _anchor_points([tuple(int(d) for d in f.shape[2:]) for f in feats])
+        for b in range(bsz):
+            rows = tg[tg[:, 0] == b]
+            scores[b] = pattern
+            scores[b][:, rows[:, 1].astype(np.int64)] = 1.0
+            for _, _, cx, cy, w, h in rows * np.array([1, 1, *(4 * [self.img_size])]):
+                # one pixel of margin around the assigner's strict "centre inside the box"
+                inside = (np.abs(points[:, 0] - cx) < w / 2 + 1) & (np.abs(points[:, 1] - cy) < h / 2 + 1)
+                outside[b] &= ~inside
+        if self.reg_max:
+            bins = np.full((self.reg_max + 1,), -100.0)
+            bins[0] = 100.0
+            zero = np.tile(bins, 4)
+            distri[outside] = zero
+        else:
+            idx = np.nonzero(outside)
+            flip = (idx[1] % 2).astype(bool)  # every other outside anchor inverted, the rest zero-size
+            distri[idx[0][~flip], idx[1][~flip]] = 0.0
+            distri[idx[0][flip], idx[1][flip]] = np.array([-1.0, 0.5, -1.0, 0.5])  # (l, t, r, b): x inverted
+        return [feats, scores.astype(head[1].dtype), distri.astype(head[2].dtype)]
 
     # ----- stages --------------------------------------------------------------------------------
     def summarize_stages(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
