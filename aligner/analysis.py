@@ -16,7 +16,7 @@ from typing import Any
 
 from aligner.analysis_records import Comparison, Finding, Kind, StateComparison, StateTraces
 from aligner.compare import (compare_rows, compare_steps, confirm_with_port64, needs_port_sample, noise_reference,
-                             scales_of)
+                             scales_of, unreturned_outputs)
 from aligner.divergence import first_divergence, locate
 from aligner.errors import NoMatchError
 from aligner.inventory import modules_block, params_block
@@ -33,7 +33,7 @@ from aligner.rules.modes import dedupe_modes, mode_findings, mode_locations
 from aligner.rules.order import sort_findings
 from aligner.rules.pair import NO_RULES, PairRules
 from aligner.rules.structure import (count_drift_findings, inventory_findings, noise_reference_findings,
-                                     transfer_findings, unmatched_findings)
+                                     transfer_findings, unmatched_findings, unreturned_output_findings)
 from aligner.sides import Side
 from aligner.tolerances import Tolerances
 
@@ -118,6 +118,8 @@ class Analysis:
         rules = self.rules
         f = divergence_findings(sc, _state_ctx(st, set()), rules.forward_cause)
         f += nan_inf_findings(sc) + shape_findings(sc)
+        if len(self.comps) == 1:  # what the models return does not depend on the state
+            f += unreturned_output_findings(*unreturned_outputs(matches))
         f += gradient_findings(st.state, st.torch, st.jittor, sc.rows, maps)
         pat = grad_pattern(st.torch, st.jittor, sc.rows, maps)
         self.patterns[st.state] = pat

@@ -23,7 +23,7 @@ from aligner.sides import Side, fetch
 from aligner.tolerances import Tolerances, judge
 
 __all__ = ["compare_rows", "compare_steps", "noise_reference", "reference_mismatch", "ROUNDOFF", "judge_pair",
-           "scales_of", "needs_port_sample", "confirm_with_port64", "PORT64_SUFFIX"]
+           "scales_of", "pair_leaves", "unreturned_outputs", "needs_port_sample", "confirm_with_port64", "PORT64_SUFFIX"]
 
 # Floor of the input error in introduced_ratio: one unit of round-off of the compared dtype.
 ROUNDOFF = {"float32": 2.0 ** -24, "float64": 2.0 ** -53}
@@ -151,7 +151,7 @@ def _tail_of(a: str, b: str) -> bool:
     return long_[len(long_) - len(short):] == short
 
 
-def _pair_leaves(torch_out: Iterable[CallRecord], jittor_out: Iterable[CallRecord]
+def pair_leaves(torch_out: Iterable[CallRecord], jittor_out: Iterable[CallRecord]
                  ) -> list[tuple[CallRecord | None, CallRecord | None]]:
     """The output leaves of one matched call, paired torch -> Jittor; a leaf without a partner is paired
     with None. In torch traversal order, then the Jittor-only leaves.
@@ -189,12 +189,27 @@ def _pair_leaves(torch_out: Iterable[CallRecord], jittor_out: Iterable[CallRecor
     return [(a, partner.get(id(a))) for a in ts] + [(None, b) for b in js if id(b) not in used]
 
 
+def unreturned_outputs(matches: MatchResult) -> tuple[list[CallRecord], list[CallRecord]]:
+    """Output leaves of the whole model (the root call) that only one side returns: (torch's, the port's).
+
+    A model may return more than its loss reads (GOLD-YOLO's reference also returns the neck's maps); such a
+    leaf is not compared at the model's output (the module producing it is compared where it is made) and is
+    reported as a warning, not as a shape mismatch of the whole model."""
+    root = next((m for m in matches.matches if not m.torch.module and not m.jittor.module), None)
+    if root is None:
+        return [], []
+    pairs = pair_leaves(root.torch.outputs, root.jittor.outputs)
+    return [t for t, j in pairs if j is None and t is not None], [j for t, j in pairs if t is None and j is not None]
+
+
 def _call_rows(state: str, m: Match, t: Side, j: Side, r64: Side | None, low: bool, tol: Tolerances,
                scales: dict[str, float], memo: dict[tuple[Any, ...], Any] | None = None) -> list[Comparison]:
     rows = []
-    pairs = _pair_leaves(m.torch.outputs, m.jittor.outputs)
+    pairs = pair_leaves(m.torch.outputs, m.jittor.outputs)
     t_subs = {tr.sub for tr, _ in pairs if tr is not None}
     for tr, jr in pairs:
+        if not m.torch.module and (tr is None or jr is None):
+            continue  # the model returns it on one side only: see unreturned_outputs
         # ``sub`` is the torch leaf's path; a Jittor-only leaf keeps its own unless a torch leaf has it
         # (rows are looked up by (kind, order, sub)); which leaves are compared is in the row's keys
         sub = tr.sub if tr is not None else (jr.sub if jr.sub not in t_subs else f"jittor:{jr.sub}")

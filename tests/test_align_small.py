@@ -78,7 +78,9 @@ def test_wrong_bn_eps():
     assert mm and mm[0].location == "down.bn" and mm[0].evidence["flag"] == "bn_eps"
     fwd = r.by_type(T.FORWARD_DIVERGENCE)
     assert {f.location for f in fwd} == {"down.bn"} and "mode flag" in fwd[0].likely_cause
-    assert [f.type for f in r.findings[:2]] == [T.MODE_MISMATCH, T.FORWARD_DIVERGENCE]
+    # the setting, then the module's own deviation on the reference's inputs (isolation), then the divergence
+    assert [(f.type, f.location) for f in r.findings[:3]] == [
+        (T.MODE_MISMATCH, "down.bn"), (T.MODULE_DEVIATION, "down.bn"), (T.FORWARD_DIVERGENCE, "down.bn")]
 
 
 def test_eval_before_gradient_pass():

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from aligner.analysis_records import Comparison, Finding, Kind, StateComparison
 from aligner.inventory import EMPTY_COUNTS, counted, param_counts, params_of
 from aligner.match import MatchResult, rename
-from aligner.records import FindingType, ParamInfo, ParamKind, Severity, Trace
+from aligner.records import CallRecord, FindingType, ParamInfo, ParamKind, Severity, Trace
 from aligner.rules.common import common_module, listed, place, where
 from aligner.rules.gradients import frozen_finding
 from aligner.rules.init import init_findings
@@ -215,6 +215,20 @@ def unmatched_findings(result: MatchResult) -> list[Finding]:
             type=T.UNMATCHED_MODULE, severity=S.WARNING, state=None, location=common_module(c.module for c in calls),
             evidence={"side": side, "count": len(calls), "modules": listed(labels)},
             **render(T.UNMATCHED_MODULE, count=len(calls), side=side, ex=", ".join(labels[:3]))))
+    return out
+
+
+def unreturned_output_findings(torch_only: list[CallRecord], port_only: list[CallRecord]) -> list[Finding]:
+    """Output leaves of the whole model that only one side returns (:func:`aligner.compare.unreturned_outputs`)."""
+    out = []
+    for side, recs in (("torch", torch_only), ("jittor", port_only)):
+        if not recs:
+            continue
+        ex = ", ".join(f"[{r.sub}] {list(r.shape)}" for r in recs[:3])
+        out.append(Finding(
+            type=T.UNMATCHED_MODULE, severity=S.WARNING, state=None, location="",
+            evidence={"side": side, "count": len(recs), "outputs": listed([f"{r.sub} {list(r.shape)}" for r in recs])},
+            **render(T.UNMATCHED_MODULE, "outputs", count=len(recs), side=side, ex=ex)))
     return out
 
 
