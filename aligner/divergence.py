@@ -194,7 +194,8 @@ def _backward_divergence(state: str, rows: list[Comparison], matches: MatchResul
         # that made it without a graph (no_grad / requires_grad_(False) block, detach at its output) can
         location, candidates = producer, (producer,)
     where = {"loss": "the loss", "": "the top-level model's own forward"}.get(location, location)
-    msg = (f"gradient w.r.t. the output of {r.torch_name} is the first (from the loss backwards) to leave "
+    output = f"the output of {r.torch_name}" if r.torch_name else f"the model's output [{r.sub}]"
+    msg = (f"gradient w.r.t. {output} is the first (from the loss backwards) to leave "
            f"tolerance ({r.judgement.metric} {r.judgement.value:.3g} > {r.judgement.bound:.3g}) while "
            f"the gradients flowing into it are within: ")
     if producer is not None:

@@ -3,8 +3,8 @@ helpers instead of small modules, a dict output and its own loss behind a --port
 CLI.
 
 The correct port must pass with no error finding. With every planted deviation on at once, each must be named at
-its reference module with the expected finding type, and no cause finding (tests/ports/harness.py) may point
-anywhere else; locating the deviations behind the first forward divergence needs module isolation (reference inputs
+its reference module with the expected finding type, and no error finding may point anywhere
+else; locating the deviations behind the first forward divergence needs module isolation (reference inputs
 fed to each port module).
 """
 from __future__ import annotations

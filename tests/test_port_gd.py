@@ -2,7 +2,7 @@
 output [stem_feats, scores, distri] and its own criterion behind a --port-loss adapter, aligned through the CLI.
 
 The correct port must give no error finding. With every planted deviation on at once, each must be named with its
-finding type at its reference module, and no cause finding (tests/ports/harness.py) may point anywhere else.
+finding type at its reference module, and no error finding may point anywhere else.
 Finding the deviations that sit behind the first forward divergence needs module isolation (each port module fed
 the reference's own inputs).
 """

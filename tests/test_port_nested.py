@@ -3,7 +3,7 @@ wrapper level deeper, its own batch norm, outputs as (scores, distri, stems, fpn
 behind a --port-loss adapter), aligned through the CLI.
 
 The correct port must pass with no error finding. With every planted deviation on at once, each must be named at
-its module with the expected finding type, and no cause finding (tests/ports/harness.py) may point anywhere else.
+its module with the expected finding type, and no error finding may point anywhere else.
 All but the first deviation sit behind the first forward divergence, so naming them needs module isolation (the
 reference's own inputs fed to each port module) and the port's own loss.
 """
