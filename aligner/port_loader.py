@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 from aligner.errors import UsageError
 
-__all__ = ["load_factory", "parse_port_args", "build_port", "build_port_loss", "is_jittor_module"]
+__all__ = ["load_factory", "parse_port_args", "build_port", "build_port_loss", "is_jittor_module", "first_line"]
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
@@ -57,7 +57,7 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's code: name its error in one line
         sys.modules.pop(name, None)
-        raise UsageError(f"importing port file {path} failed: {_first_line(exc)}", slug="port") from exc
+        raise UsageError(f"importing port file {path} failed: {first_line(exc)}", slug="port") from exc
     return module
 
 
@@ -70,9 +70,9 @@ def _import_dotted(name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):  # the module itself, not one of its imports
             raise UsageError(f"port module {name!r} not found (from {cwd})", slug="port") from exc
-        raise UsageError(f"importing port module {name} failed: {_first_line(exc)}", slug="port") from exc
+        raise UsageError(f"importing port module {name} failed: {first_line(exc)}", slug="port") from exc
     except Exception as exc:  # noqa: BLE001 - the user's code: name its error in one line
-        raise UsageError(f"importing port module {name} failed: {_first_line(exc)}", slug="port") from exc
+        raise UsageError(f"importing port module {name} failed: {first_line(exc)}", slug="port") from exc
 
 
 def load_factory(spec: str, option: str = "--port") -> Callable[..., Any]:
@@ -112,27 +112,25 @@ def is_jittor_module(obj: Any) -> bool:
 def build_port(spec: str, kwargs: dict[str, Any] | None = None, *,
                accepts: Callable[[Any], bool] = is_jittor_module) -> Any:
     """Call the factory of ``spec`` with ``kwargs``; the model it returns must pass ``accepts``."""
-    factory = load_factory(spec)
+    return _built(spec, kwargs, "--port", "port factory", accepts, "a Jittor Module")
+
+
+def _built(spec: str, kwargs: dict[str, Any] | None, option: str, what: str, accepts: Callable[[Any], bool],
+           expected: str) -> Any:
+    """What the factory of ``spec`` returns for ``kwargs``; its error, or a value ``accepts`` refuses, is one line."""
+    factory = load_factory(spec, option)
     try:
-        model = factory(**(kwargs or {}))
+        obj = factory(**(kwargs or {}))
     except Exception as exc:  # noqa: BLE001 - the user's code: name its error in one line
-        raise UsageError(f"port factory {spec} raised {_first_line(exc)}", slug="port") from exc
-    if not accepts(model):
-        kind = f"{type(model).__module__}.{type(model).__qualname__}"
-        raise UsageError(f"port factory {spec} returned {kind}, not a Jittor Module", slug="port")
-    return model
+        raise UsageError(f"{what} {spec} raised {first_line(exc)}", slug="port") from exc
+    if not accepts(obj):
+        kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        raise UsageError(f"{what} {spec} returned {kind}, not {expected}", slug="port")
+    return obj
 
 
 def build_port_loss(spec: str, kwargs: dict[str, Any] | None = None) -> Any:
     """``--port-loss``: the user's loss object ``L`` from the factory of ``spec`` called with ``kwargs``; it must be
     callable as ``L(head, targets) -> (total, items)`` (:meth:`aligner.pairs.base.Pair.port_loss_fn`)."""
-    factory = load_factory(spec, "--port-loss")
-    try:
-        loss = factory(**(kwargs or {}))
-    except Exception as exc:  # noqa: BLE001 - the user's code: name its error in one line
-        raise UsageError(f"port loss factory {spec} raised {_first_line(exc)}", slug="port") from exc
-    if not callable(loss):
-        kind = f"{type(loss).__module__}.{type(loss).__qualname__}"
-        raise UsageError(f"port loss factory {spec} returned {kind}, not a callable L(head, targets) -> "
-                         f"(total, items)", slug="port")
-    return loss
+    return _built(spec, kwargs, "--port-loss", "port loss factory", callable,
+                  "a callable L(head, targets) -> (total, items)")

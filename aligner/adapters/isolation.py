@@ -25,14 +25,10 @@ import numpy as np
 from ..analysis_records import Kind
 from ..isolation import CallPair, IsolatedCall, IsolatedTensor
 from ..match import rename
+from ..port_loader import first_line
 from .recording import flatten
 
 __all__ = ["isolate_models"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def _tree_map(obj: Any, is_leaf: Callable[[Any], bool], fn: Callable[[Any], Any]) -> Any:
@@ -174,8 +170,7 @@ def isolate_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
         return
     t_mods = dict(torch_model.named_modules())
     j_mods = dict(jittor_model.named_modules())
-    t64_model = copy.deepcopy(torch_model).double()
-    t64_mods = dict(t64_model.named_modules())
+    t64_mods: dict[str, Any] = {}  # the reference's float64 copy, made when a tensor first needs it
     j64_mods: dict[str, Any] = {}
     t_named, j_named = ta._named_tensors(torch_model), ja._named_tensors(jittor_model)
     t_saved, j_saved = ta._save_state(torch_model, t_named), ja._save_state(jittor_model, j_named)
@@ -196,7 +191,7 @@ def isolate_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
         jm = j_mods.get(cp.jittor_name)
         if jm is None:
             return IsolatedCall(cp, skipped=f"the port has no module named {cp.jittor_name!r}")
-        tm, tm64 = t_mods[cp.torch_name], t64_mods[cp.torch_name]
+        tm = t_mods[cp.torch_name]
         # the port's name of each torch parameter under this module (the map renames whole subtrees)
         pnames = {}
         for n, _ in tm.named_parameters():
@@ -209,7 +204,9 @@ def isolate_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
         t32 = _torch_run(torch, tm, args, False, t_probes)
 
         def ref64() -> dict[tuple[Kind, str], np.ndarray]:
-            return _keyed(_torch_run(torch, tm64, args, True, t_probes), [(i, i) for i in range(len(t32.outs))],
+            if not t64_mods:
+                t64_mods.update(copy.deepcopy(torch_model).double().named_modules())
+            return _keyed(_torch_run(torch, t64_mods[cp.torch_name], args, True, t_probes), [(i, i) for i in range(len(t32.outs))],
                           [s for s, _ in t32.outs])
         t_leaves = [(s, tuple(a.shape)) for s, a in t32.outs]
         g_ref = t_probes(t_leaves)
@@ -225,7 +222,7 @@ def isolate_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
         try:
             j32 = _jittor_run(jt, ja, jm, args, False, j_probes, pnames)
         except Exception as exc:  # noqa: BLE001 - the port's code: its error is the reason, in one line
-            return IsolatedCall(cp, skipped=f"the port's module raised {_first_line(exc)}")
+            return IsolatedCall(cp, skipped=f"the port's module raised {first_line(exc)}")
         if isinstance(j32, str):
             return IsolatedCall(cp, skipped=j32)
         t_subs = [s for s, _ in t32.outs]
@@ -256,7 +253,7 @@ def isolate_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
                 try:
                     res = replay(cp, snap)
                 except Exception as exc:  # noqa: BLE001 - one call that cannot be replayed is not the end
-                    res = IsolatedCall(cp, skipped=_first_line(exc))
+                    res = IsolatedCall(cp, skipped=first_line(exc))
                 sink(res)
                 done[0] += 1
                 if progress and done[0] % 50 == 0:
