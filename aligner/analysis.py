@@ -22,7 +22,8 @@ from aligner.errors import NoMatchError
 from aligner.inventory import modules_block, params_block
 from aligner.isolation import CallPair, IsolatedModule, Isolate, judge_isolated
 from aligner.match import load_mapping, match_traces
-from aligner.records import FindingType, Trace
+from aligner.noise_gate import floor_not_needed
+from aligner.records import FindingType, Severity, Trace
 from aligner.result import AlignmentResult
 from aligner.rules.divergence import (divergence_findings, divergence_from_findings, nan_inf_findings,
                                       port_rounding_finding, shape_findings, step_findings)
@@ -73,16 +74,23 @@ class Analysis:
         self.step_rows: list[Comparison] = []
         self.steps: list[dict[str, Any]] = []
         self.isolation: dict[str, list[IsolatedModule]] = {}
+        self.isolation_skipped: list[str] = []  # states not replayed: their end-to-end comparison matched
+        self.floor_not_needed: list[str] = []   # float32 states judged without their float64 reference
 
     def add(self, st: StateTraces, port64: Trace | Callable[[], Trace | None] | None = None,
-            isolate: Isolate | None = None) -> StateComparison:
+            isolate: Isolate | None = None, isolate_all: bool = True,
+            reference64: Callable[[], Trace | None] | None = None) -> StateComparison:
         """Compare one state and derive its findings; keeps only light copies of the traces.
 
         ``port64``: the port's own float64 run of this state (or a function capturing it, called only when
         some float32 tensor fails its noise-floor bound); rows it shows to differ by the port's float32
         rounding only pass (:func:`aligner.compare.confirm_with_port64`). ``isolate``: replays this state's
         matched module calls on the reference's own inputs (:mod:`aligner.adapters.isolation`); each
-        module whose own computation differs becomes a ``module_deviation`` finding."""
+        module whose own computation differs becomes a ``module_deviation`` finding; without ``isolate_all``
+        only when the end-to-end comparison of the state finds a difference (an error finding or a failing row).
+        ``reference64``: a float32 state's float64 reference, captured only when some tensor needs it
+        (:func:`aligner.noise_gate.floor_not_needed`: every tensor within half its bound of the float32
+        reference passes with any noise floor, so the verdicts are those of a run with the floor)."""
         if self.tol is None:
             self.tol = Tolerances.coerce(self._tol_in, str(st.torch.meta.get("dtype") or "float32"))
         tol, maps = self.tol, self.maps
@@ -90,8 +98,22 @@ class Analysis:
             self.progress(f"compare {st.state}")
         matches = match_traces(st.torch, st.jittor, maps)
         sides = (Side(st.torch), Side(st.jittor))
-        noise = noise_reference(st, tol)
-        rows = compare_rows(st, tol, noise, matches, sides, maps)
+        rows = None
+        memo: dict[tuple[Any, ...], Any] = {}  # metrics of tensor pairs, shared by the passes over this state
+        scales = scales_of(st.torch)
+        if reference64 is not None and st.other is None:
+            noise = noise_reference(st, tol)
+            rows = floor_not_needed(st, tol, matches, sides, maps, self.rules, memo=memo, scales=scales)
+            if rows is not None:
+                self.floor_not_needed.append(st.state)
+            else:
+                if self.progress:
+                    self.progress(f"[{st.state}] some tensors are not within half their bound: "
+                                  "capturing the float64 reference (noise floor)")
+                st = replace(st, torch64=reference64())
+        if rows is None:
+            noise = noise_reference(st, tol)
+            rows = compare_rows(st, tol, noise, matches, sides, maps, memo=memo, scales=scales)
         step_rows, block = compare_steps(st, tol, noise, maps)
         rescued: list[Comparison] = []
         if port64 is not None and noise.trace is not None and not noise.lower \
@@ -113,8 +135,6 @@ class Analysis:
                              backward=where.backward, noise_floor_used=noise.trace is not None,
                              reference_mismatch=noise.mismatch, uncaptured=where.uncaptured)
         self.comps.append(sc)
-        if isolate is not None:
-            self._isolate(st, matches, isolate)
         rules = self.rules
         f = divergence_findings(sc, _state_ctx(st, set()), rules.forward_cause)
         f += nan_inf_findings(sc) + shape_findings(sc)
@@ -142,17 +162,22 @@ class Analysis:
         if info is not None:
             f.append(info)
         self.findings += f
+        if isolate is not None:
+            if isolate_all or _differs(sc, step_rows, f):
+                self._isolate(st, matches, isolate, scales)
+            else:
+                self.isolation_skipped.append(st.state)
         self.states.append(StateTraces(st.state, _light(st.torch), _light(st.jittor)))
         return sc
 
-    def _isolate(self, st: StateTraces, matches: Any, isolate: Isolate) -> None:
+    def _isolate(self, st: StateTraces, matches: Any, isolate: Isolate, scales: dict[str, float]) -> None:
         """Replay and judge this state's matched calls (the root, the whole model, is the end-to-end run)."""
         assert self.tol is not None
         if self.progress:
             self.progress(f"[{st.state}] module isolation: each module on the reference's own inputs")
         calls = [CallPair(m.torch.order, m.torch.module, m.torch.call_index, m.jittor.module, m.jittor.call_index,
                           m.torch.module_type) for m in matches.matches if m.torch.module and m.jittor.module]
-        tol, scales = self.tol, scales_of(st.torch)
+        tol = self.tol
         judged: list[IsolatedModule] = []
         isolate(calls, lambda ic: judged.append(judge_isolated(ic, tol, scales)))
         self.isolation[st.state] = judged
@@ -188,39 +213,55 @@ class Analysis:
         all_findings = sort_findings(findings + static, state_names)
         run_info = _run_block(states, self.tol, run)
         run_info["uncaptured_gradients"] = {sc.state: sc.uncaptured for sc in comps if sc.uncaptured}
-        run_info["noise_floor_available"] = all(sc.noise_floor_used for sc in comps)
+        run_info["noise_floor_available"] = all(sc.noise_floor_used or sc.state in self.floor_not_needed
+                                                for sc in comps)
+        run_info["noise_floor_not_needed"] = list(self.floor_not_needed)
         first_div = first_divergence(comps) or divergence_from_findings(all_findings)
         return AlignmentResult(run_info, comps, all_findings, first_div,
                                params_block(first.torch, first.jittor, self.patterns, maps),
                                modules_block(first.torch, first.jittor, maps), anchors, self.loss,
-                               self.assign, self.steps, self.step_rows, _isolation_block(self.isolation))
+                               self.assign, self.steps, self.step_rows,
+                               _isolation_block(self.isolation, self.isolation_skipped))
 
 
 def analyze(states: Sequence[StateTraces], *, tolerances: Tolerances | Mapping[str, Any] | None = None,
             mapping: Mapping[str, str] | str | Path | None = None, run: Mapping[str, Any] | None = None,
             progress: Callable[[str], None] | None = None, rules: PairRules | None = None,
             port64: Mapping[str, Trace | Callable[[], Trace | None]] | None = None,
-            isolate: Mapping[str, Isolate] | None = None) -> AlignmentResult:
+            isolate: Mapping[str, Isolate] | None = None,
+            reference64: Mapping[str, Callable[[], Trace | None]] | None = None) -> AlignmentResult:
     """Compare captured traces (one :class:`StateTraces` per model state) and derive findings
     (``rules``: the pair's own, :meth:`aligner.pairs.base.Pair.rules`; ``port64``: the port's own float64
-    run per state, or a function capturing it; ``isolate``: the module-isolation runner per state; see
+    run per state, or a function capturing it; ``isolate``: the module-isolation runner per state;
+    ``reference64``: per float32 state, a function capturing its float64 reference when needed; see
     :meth:`Analysis.add`)."""
     if not states:
         raise NoMatchError("no model state was captured: nothing to compare")
     acc = Analysis(tolerances=tolerances, mapping=mapping, progress=progress, rules=rules)
     for st in states:
-        acc.add(st, port64=(port64 or {}).get(st.state), isolate=(isolate or {}).get(st.state))
+        acc.add(st, port64=(port64 or {}).get(st.state), isolate=(isolate or {}).get(st.state),
+                reference64=(reference64 or {}).get(st.state))
     return acc.result(run)
 
 
-def _isolation_block(by_state: Mapping[str, Sequence[IsolatedModule]]) -> dict[str, Any]:
+def _differs(sc: StateComparison, step_rows: Sequence[Comparison], findings: Sequence[Finding]) -> bool:
+    """Whether a state's end-to-end comparison found a difference worth locating module by module."""
+    return any(not r.ok for r in [*sc.rows, *step_rows]) or any(f.severity == Severity.ERROR for f in findings)
+
+
+def _isolation_block(by_state: Mapping[str, Sequence[IsolatedModule]],
+                     matched: Sequence[str] = ()) -> dict[str, Any]:
     """results.json ``isolation``: per state, how many calls were replayed, and every call that deviates or
-    could not be replayed, with its judged tensors."""
-    return {s: {"replayed": sum(1 for m in mods if m.skipped is None),
-                "deviating": sum(1 for m in mods if not m.ok),
-                "skipped": sum(1 for m in mods if m.skipped is not None),
-                "calls": [m.to_dict() for m in mods if not m.ok or m.skipped is not None]}
-            for s, mods in by_state.items()}
+    could not be replayed, with its judged tensors; a state not replayed because it matched end to end
+    (``isolate="auto"``) has ``"replayed": 0`` and ``"not_needed": true``."""
+    block: dict[str, Any] = {s: {"replayed": sum(1 for m in mods if m.skipped is None),
+                                 "deviating": sum(1 for m in mods if not m.ok),
+                                 "skipped": sum(1 for m in mods if m.skipped is not None),
+                                 "calls": [m.to_dict() for m in mods if not m.ok or m.skipped is not None]}
+                             for s, mods in by_state.items()}
+    for s in matched:
+        block[s] = {"replayed": 0, "deviating": 0, "skipped": 0, "calls": [], "not_needed": True}
+    return block
 
 
 def _run_block(states: Sequence[StateTraces], tol: Tolerances, run: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from aligner.match import load_mapping
 from aligner.pairs import Pair, rules_for
 from aligner.records import Trace
 from aligner.result import RESULTS_SCHEMA, AlignmentResult, to_jsonable, write_results
-from aligner.reference import Reference
+from aligner.reference import Reference, compact
 from aligner.reference_cache import ReferenceCache
 from aligner.runconfig import Port, RunConfig
 from aligner.tolerances import Tolerances
@@ -43,6 +43,21 @@ def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
         return fn()
     finally:
         timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - t0, 4)
+
+
+# what a comparison may capture or replay on demand, timed under its own key (not as comparing)
+_ON_DEMAND = ("capture_torch64", "capture_jittor64", "isolate")
+
+
+def _timed_apart(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
+    """:func:`_timed`, less the on-demand captures ``fn`` made (each already timed under its own key)."""
+    before = sum(timings.get(k, 0.0) for k in _ON_DEMAND)
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        spent = time.perf_counter() - t0 - (sum(timings.get(k, 0.0) for k in _ON_DEMAND) - before)
+        timings[key] = round(timings.get(key, 0.0) + max(spent, 0.0), 4)
 
 
 def run_pair(pair: str | Pair, config: RunConfig | None = None, *, out_dir: str | Path | None = None,
@@ -111,16 +126,19 @@ def run(pair: Pair, config: RunConfig = RunConfig(), *, reference: Reference | N
         jt_ = _timed(timings, "capture_jittor", lambda: capture_in_process(
             jpair, "jittor", states=[s], full=not config.stats_only, weights={s: weights[s]}, model=jittor_model,
             init=jinit if first else False, name_map=acc.maps, **extra)[s])
-        other = None
-        if config.noise_floor:
-            odt = "float64" if hi else "float32"
-            say(f"[{s}] capturing the {odt} reference (noise floor)")
-            other = _timed(timings, f"capture_torch{odt[-2:]}", lambda: ref.other_trace(s))
+        other: Trace | None = None
+        ref64: Callable[[], Trace | None] | None = None
+        if config.noise_floor and hi:  # captured (or loaded from the cache) only when a tensor needs it
+            ref64 = lambda s=s: _timed(timings, "capture_torch64", lambda: ref.other_trace(s))  # noqa: E731
+        elif config.noise_floor:
+            say(f"[{s}] capturing the float32 reference (noise floor)")
+            other = _timed(timings, "capture_torch32", lambda: ref.other_trace(s))
         iso = _isolation(pair, ref, jittor_model, weights[s], acc.maps, sample, timings, say) \
-            if config.isolate and not config.stats_only else None
-        _timed(timings, "compare", lambda: acc.add(StateTraces(s, tt, jt_, other if hi else None,
-                                                               None if hi else other),
-                                                   port64=sample.capturer(s) if sample else None, isolate=iso))
+            if config.isolate != "never" and not config.stats_only else None
+        _timed_apart(timings, "compare", lambda: acc.add(
+            StateTraces(s, tt, jt_, other if hi else None, None if hi else other),
+            port64=sample.capturer(s) if sample else None, isolate=iso, isolate_all=config.isolate == "always",
+            reference64=ref64))
         del tt, jt_, other
         if port.loss is not None:
             say(f"[{s}] checking the port's loss alone on the reference's head outputs")
@@ -225,42 +243,72 @@ def align(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray] | np
           tolerances: Tolerances | Mapping[str, Any] | None = None,
           mapping: Mapping[str, str] | str | Path | None = None, stats_only: bool = False,
           noise_floor: bool = True, transfer: bool = True, state: str = "custom",
-          out_dir: str | Path | None = None) -> AlignmentResult:
+          out_dir: str | Path | None = None, cache: bool | str | Path = True) -> AlignmentResult:
     """Align any PyTorch model with its Jittor port on the same numpy inputs.
 
     ``loss`` is ``fn(outputs, targets, ctx) -> scalar`` used on both sides, or a pair
     ``(torch_loss, jittor_loss)``; None uses a seeded probe loss (sum of outputs times fixed random
     weights) so every output gets a gradient. The torch weights are copied into the port first
     (``transfer``). With ``noise_floor`` and float32, a float64 deep copy of the torch model is run as
-    the noise-floor reference.
+    the noise-floor reference, captured only when some tensor needs it (:mod:`aligner.noise_gate`).
+    ``cache``: the reference cache (as in :class:`RunConfig`): the torch model's traces are reused while the
+    model, its weights, modes and code, the loss, the inputs and the options stay the same
+    (:mod:`aligner.model_reference`), so a rerun after editing the port captures only the port.
     """
     import copy  # noqa: PLC0415
 
     from aligner.adapters import get_adapter, probe_loss  # noqa: PLC0415 - lazy
     from aligner.capture import capture_models, environment  # noqa: PLC0415
+    from aligner.model_reference import model_reference_key  # noqa: PLC0415
 
     xs = [np.asarray(inputs)] if isinstance(inputs, np.ndarray) else [np.asarray(a) for a in inputs]
     xs = [a.astype(dtype) if a.dtype.kind == "f" else a for a in xs]
     t_loss, j_loss = (loss if isinstance(loss, tuple) else (loss, loss))
+    store = ReferenceCache.of(cache)
+    ta = get_adapter("torch")
+    key = model_reference_key(ta, torch_model, xs, targets, t_loss, dtype=dtype, seed=seed, full=not stats_only,
+                              versions=ta.versions(), environment=environment()) if store is not None else None
     if t_loss is None:
         t_loss = j_loss = probe_loss(seed)
     timings: dict[str, float] = {}
+
+    def entry(which: str) -> dict[str, Any] | None:
+        return {**key, "which": which, "state": state} if key is not None else None
+
+    def cached(which: str, make: Callable[[], Trace]) -> Trace:
+        where = entry(which)
+        hit = store.load(where) if (store is not None and where is not None) else None
+        if hit is not None:
+            return hit
+        trace = make()
+        if store is not None and where is not None:
+            store.store(where, trace)
+        return trace
+
+    ref_entry = entry("reference")
+    loaded = _timed(timings, "capture", lambda: store.load(ref_entry)) \
+        if (store is not None and ref_entry is not None) else None
     tt, jt_ = _timed(timings, "capture", lambda: capture_models(
         torch_model, jittor_model, xs, targets=targets, torch_loss=t_loss, jittor_loss=j_loss,
         transfer=transfer, full=not stats_only, dtype=dtype, seed=seed, state=state,
-        name_map=load_mapping(mapping)))
-    t64 = None
+        name_map=load_mapping(mapping), torch_trace=loaded))
+    if store is not None and ref_entry is not None and loaded is None:
+        store.store(ref_entry, tt)
+    # the float64 reference is captured only when some tensor needs it (aligner.noise_gate); the copy is made
+    # now, before anything can change the model
+    model64 = None
     if noise_floor and dtype == "float32":
         try:
             model64 = copy.deepcopy(torch_model).double()
         except Exception:  # noqa: BLE001 - a model that cannot be copied gets no noise floor
             model64 = None
-        if model64 is not None:
-            x64 = [a.astype("float64") if a.dtype.kind == "f" else a for a in xs]
-            meta = {**environment(), "pair": "custom", "config": {}, "seed": seed, "state": state,
-                    "states": [state], "weight_transfer": []}
-            t64 = _timed(timings, "capture_torch64", lambda: get_adapter("torch").capture(
-                model64, x64, t_loss, _cast_targets(targets), full=not stats_only, dtype="float64", meta=meta))
+
+    def reference64() -> Trace:
+        x64 = [a.astype("float64") if a.dtype.kind == "f" else a for a in xs]
+        meta = {**environment(), "pair": "custom", "config": {}, "seed": seed, "state": state,
+                "states": [state], "weight_transfer": []}
+        return _timed(timings, "capture_torch64", lambda: cached("other", lambda: compact(ta.capture(
+            model64, x64, t_loss, _cast_targets(targets), full=not stats_only, dtype="float64", meta=meta))))
 
     def port64() -> Trace:
         """The port's own float64 run (asked for only when a tensor leaves the noise floor): a float64
@@ -273,9 +321,15 @@ def align(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray] | np
         return _timed(timings, "capture_jittor64", lambda: ja.capture(
             j64, x64, j_loss, _cast_targets(targets), full=not stats_only, dtype="float64", meta=meta))
 
-    result = _timed(timings, "compare", lambda: analyze([StateTraces(state, tt, jt_, t64)],
+    lazy = {state: reference64} if model64 is not None else None
+    if lazy and stats_only:  # statistics cannot show a tensor close enough: the reference is captured now
+        t64, lazy = reference64(), None
+    else:
+        t64 = None
+    result = _timed_apart(timings, "compare", lambda: analyze([StateTraces(state, tt, jt_, t64)],
                                                         tolerances=tolerances, mapping=mapping,
-                                                        port64={state: port64} if t64 is not None else None))
+                                                        port64={state: port64} if model64 is not None else None,
+                                                        reference64=lazy))
     result.run["timings"] = timings
     if out_dir is not None:
         write_results(result, out_dir)

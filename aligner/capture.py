@@ -211,13 +211,15 @@ def capture_pair(pair_name: str, framework: Framework | str, out_dir: str | os.P
 def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndarray], *, targets: Any = None,
                    torch_loss: LossFn | None = None, jittor_loss: LossFn | None = None, transfer: bool = True,
                    full: bool = True, dtype: str | None = None, seed: int = 0,
-                   state: str = "custom", name_map: Mapping[str, str] | None = None) -> tuple[Trace, Trace]:
+                   state: str = "custom", name_map: Mapping[str, str] | None = None,
+                   torch_trace: Trace | None = None) -> tuple[Trace, Trace]:
     """Generic capture of any torch model and its Jittor port on the same numpy inputs.
 
     With ``transfer`` the torch weights are copied into the Jittor model first (problems in the
     Jittor trace's ``meta["weight_transfer"]``). Without losses a seeded probe loss (sum of outputs
     times fixed random weights) gives every output a gradient on both sides. ``name_map`` as in
-    :func:`capture_in_process`.
+    :func:`capture_in_process`. ``torch_trace``: the torch side already captured (from the reference
+    cache): only the port is captured.
     """
     inputs = [np.asarray(a) for a in inputs]
     dtype = dtype or next((str(a.dtype) for a in inputs if a.dtype.kind == "f"), "float32")
@@ -232,7 +234,8 @@ def capture_models(torch_model: Any, jittor_model: Any, inputs: Sequence[np.ndar
     meta = {**env, "pair": "custom", "config": {}, "seed": seed, "state": state, "states": [state]}
     if torch_loss is None and jittor_loss is None:
         torch_loss = jittor_loss = probe_loss(seed)
-    tt = ta.capture(torch_model, inputs, torch_loss, targets, full=full, dtype=dtype, meta={**meta, "weight_transfer": []})
+    tt = torch_trace if torch_trace is not None else \
+        ta.capture(torch_model, inputs, torch_loss, targets, full=full, dtype=dtype, meta={**meta, "weight_transfer": []})
     jt_ = ja.capture(jittor_model, inputs, jittor_loss, targets, full=full, dtype=dtype,
                      meta={**meta, "weight_transfer": [asdict(w) for w in problems],
                            "weight_untransferred": _untransferred(problems, ja, jittor_model) if transfer else []})

@@ -239,9 +239,12 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
 @click.option("--no-cache", is_flag=True,
               help="Capture the torch reference again instead of reusing it from the reference cache "
                    "($ALIGNER_CACHE_DIR, default ~/.cache/aligner/reference).")
-@click.option("--no-isolate", is_flag=True,
-              help="Skip module isolation (replaying each module on the reference's own inputs, which finds every "
-                   "module's own deviation, not only the first divergence).")
+@click.option("--isolate", "isolate", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="Module isolation (replaying each module on the reference's own inputs, which finds every "
+                   "module's own deviation, not only the first divergence): auto = in the states whose end-to-end "
+                   "comparison finds a difference, always, or never.")
+@click.option("--no-isolate", is_flag=True, help="Same as --isolate never.")
 @SET_OPTION
 @click.option("--port", "port_spec", default=None, metavar="PATH.py:FACTORY",
               help="Your own Jittor port instead of the pair's: a factory in a file or module "
@@ -259,7 +262,7 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
 @click.option("--verbose", is_flag=True, help="Show the frameworks' own output (kernel compiles, warnings).")
 def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str, out: Path, lang: str,
         fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool,
-        no_cache: bool, no_isolate: bool, settings: Sequence[str], port_spec: str | None, port_args: str | None,
+        no_cache: bool, isolate: str, no_isolate: bool, settings: Sequence[str], port_spec: str | None, port_args: str | None,
         map_path: Path | None, port_loss_spec: str | None, port_loss_args: str | None, verbose: bool) -> None:
     """Capture both frameworks, compare them, and write the report.
 
@@ -302,7 +305,7 @@ def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dt
         results = _results_dict(api.run_pair(
             model, stats_only=stats_only, steps=steps, states=list(states) or None,
             noise_floor=not no_noise_floor, cache=not no_cache, progress=progress,
-            **({"isolate": False} if no_isolate else {}), **options, **extra))
+            isolate="never" if no_isolate else isolate, **options, **extra))
     click.get_current_context().exit(_finish_run(results, out, lang, fixlog_path, progress))
 
 

@@ -47,17 +47,23 @@ def noise_reference(st: StateTraces, tolerances: Tolerances) -> NoiseReference:
 
 
 def compare_rows(st: StateTraces, tolerances: Tolerances, noise: NoiseReference, matches: MatchResult,
-                 sides: tuple[Side, Side], mapping: dict[str, str] | None = None) -> list[Comparison]:
+                 sides: tuple[Side, Side], mapping: dict[str, str] | None = None, *,
+                 memo: dict[tuple[Any, ...], Any] | None = None, scales: dict[str, float] | None = None,
+                 strict: bool = False) -> list[Comparison]:
     """Every row of one state: each matched call's outputs and output gradients, then every parameter
-    (see :mod:`aligner.divergence` for where the rows first leave tolerance)."""
+    (see :mod:`aligner.divergence` for where the rows first leave tolerance). ``memo`` shares the metrics of
+    tensor pairs between passes over the same traces, ``scales`` is :func:`scales_of` the reference when
+    already known; ``strict``: rows with both sides are judged with the bounds of the noise floor, unwidened,
+    also without one (so their metrics are those a pass with the floor computes)."""
     t, j = sides
     r64 = Side(noise.trace) if noise.trace is not None else None
-    scales = scales_of(st.torch)
+    scales = scales if scales is not None else scales_of(st.torch)
     rows: list[Comparison] = []
-    memo: dict[tuple[Any, ...], Any] = {}
+    memo = memo if memo is not None else {}
     for m in matches.matches:
-        rows += _call_rows(st.state, m, t, j, r64, noise.lower, tolerances, scales, memo)
-    rows += _param_rows(st.state, st.torch, st.jittor, noise.trace, noise.lower, tolerances, scales, mapping or {})
+        rows += _call_rows(st.state, m, t, j, r64, noise.lower, tolerances, scales, memo, strict)
+    rows += _param_rows(st.state, st.torch, st.jittor, noise.trace, noise.lower, tolerances, scales, mapping or {},
+                        memo, strict)
     return rows
 
 
@@ -105,7 +111,7 @@ def _memoised(memo: dict[tuple[Any, ...], Any] | None, objs: tuple[Any, ...], pa
 
 def judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, ref64: Tensor | None,
                 low: bool, tol: Tolerances, scales: dict[str, float], tol_kind: Kind | None = None,
-                memo: dict[tuple[Any, ...], Any] | None = None
+                memo: dict[tuple[Any, ...], Any] | None = None, strict: bool = False
                 ) -> tuple[TensorMetrics, Judgement, float | None, str | None] | None:
     """Metrics + judgement of one pair; a missing side counts as zeros (no gradient reached it).
     ``tol_kind`` picks the bounds of another kind (parameters after optimizer steps carry gradient
@@ -119,7 +125,7 @@ def judge_pair(kind: Kind, name: str, ref: Tensor | None, port: Tensor | None, r
         port = _zeros_like(ref)
     bk = tol_kind or kind
     has_floor = ref64 is not None and missing is None
-    rtol = tol.rtol(bk, name) * (1.0 if has_floor else tol.widen(bk))
+    rtol = tol.rtol(bk, name) * (1.0 if has_floor or (strict and missing is None) else tol.widen(bk))
     atol = tol.atol(bk, scales.get(kind.value, 0.0))
     m = _memoised(memo, (ref, port), ("metrics", rtol, atol), lambda: measure(ref, port, rtol, atol))
     nf = e64 = None
@@ -203,7 +209,8 @@ def unreturned_outputs(matches: MatchResult) -> tuple[list[CallRecord], list[Cal
 
 
 def _call_rows(state: str, m: Match, t: Side, j: Side, r64: Side | None, low: bool, tol: Tolerances,
-               scales: dict[str, float], memo: dict[tuple[Any, ...], Any] | None = None) -> list[Comparison]:
+               scales: dict[str, float], memo: dict[tuple[Any, ...], Any] | None = None,
+               strict: bool = False) -> list[Comparison]:
     rows = []
     pairs = pair_leaves(m.torch.outputs, m.jittor.outputs)
     t_subs = {tr.sub for tr, _ in pairs if tr is not None}
@@ -226,7 +233,7 @@ def _call_rows(state: str, m: Match, t: Side, j: Side, r64: Side | None, low: bo
                 ref = ref if ref is not None else np.zeros((0,))
                 port = port if port is not None else np.zeros((0,))
             ref64 = get(r64, rec64) if (r64 and rec64) else None
-            res = judge_pair(kind, m.torch.module, ref, port, ref64, low, tol, scales, memo=memo)
+            res = judge_pair(kind, m.torch.module, ref, port, ref64, low, tol, scales, memo=memo, strict=strict)
             if res is None:
                 continue
             metrics, jd, e64, missing = res
@@ -241,7 +248,8 @@ def _call_rows(state: str, m: Match, t: Side, j: Side, r64: Side | None, low: bo
 
 
 def _param_rows(state: str, torch: Trace, jittor: Trace, torch64: Trace | None, low: bool, tol: Tolerances,
-                scales: dict[str, float], mapping: dict[str, str]) -> list[Comparison]:
+                scales: dict[str, float], mapping: dict[str, str], memo: dict[tuple[Any, ...], Any] | None = None,
+                strict: bool = False) -> list[Comparison]:
     rows = []
     j_params = {p.name: p for p in jittor.params}
     types = {mi.name: mi.type for mi in torch.modules}
@@ -268,7 +276,7 @@ def _param_rows(state: str, torch: Trace, jittor: Trace, torch64: Trace | None, 
             if kind == Kind.PARAM and (ref is None or port is None):
                 continue  # values not captured on one side (buffers: traces without ``buf/`` keys)
             tol_kind = Kind.FORWARD if tk.startswith("buf/") else None
-            res = judge_pair(kind, p.name, ref, port, ref64, low, tol, scales, tol_kind)
+            res = judge_pair(kind, p.name, ref, port, ref64, low, tol, scales, tol_kind, memo=memo, strict=strict)
             if res is None:
                 continue
             metrics, jd, e64, missing = res

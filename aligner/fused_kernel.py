@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 # per block: zeros_ref, zeros_port, max|r|, max|d|, sum|d|, rr, pp, rp, dd, max(|d|-rtol|r|), close
 PAIR_FIELDS = 11
-# per block: n, min, max, sum, sum (x - block mean)^2, sum x^2, zeros
-STATS_FIELDS = 7
+# per block: n, min, max, sum, sum (x - block mean)^2, sum x^2, zeros, fingerprint (uint64 bits in a double slot)
+STATS_FIELDS = 8
+# the fingerprint's constants (see FINGERPRINT in the source; aligner.reductions has the numpy twin)
+FP_STEP, FP_MUL = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9
 
 SOURCE = r"""
 #include <stdint.h>
@@ -116,8 +118,36 @@ PAIR(pair_fd, float, double, load_f, load_d)
 PAIR(pair_df, double, float, load_d, load_f)
 PAIR(pair_dd, double, double, load_d, load_d)
 
-#define STATS(NAME, T, L)                                                                           \
-static void NAME##_block(const T *x, int64_t n, double *o) {                                        \
+/* FINGERPRINT: sum over elements (mod 2^64) of mix(bits_i + (base + i) * STEP), mix = xorshift, multiply,
+   xorshift. Each step is a bijection of the element's bits, so any one changed element changes the sum; the
+   position enters every term, so moved elements do too. Order-free: blocks and lanes add up in any order. */
+typedef uint64_t v4u __attribute__((vector_size(32)));
+#define FP_STEP 0x9E3779B97F4A7C15ULL
+#define FP_MUL 0xBF58476D1CE4E5B9ULL
+static inline uint64_t fp_mix(uint64_t w, uint64_t i) {
+    uint64_t x = w + i * FP_STEP; x ^= x >> 29; x *= FP_MUL; return x ^ (x >> 32); }
+static inline double fp_bits(uint64_t h) { double d; memcpy(&d, &h, sizeof d); return d; }
+static uint64_t fp_u32(const uint32_t *w, int64_t n, uint64_t base) {
+    const v4u st = {FP_STEP, FP_STEP, FP_STEP, FP_STEP}, mu = {FP_MUL, FP_MUL, FP_MUL, FP_MUL};
+    const v4u step4 = {4 * FP_STEP, 4 * FP_STEP, 4 * FP_STEP, 4 * FP_STEP};
+    v4u acc = {0, 0, 0, 0}, pos = {base, base + 1, base + 2, base + 3};
+    pos *= st;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4u x = {w[i], w[i + 1], w[i + 2], w[i + 3]};
+        x += pos; x ^= x >> 29; x *= mu; acc += x ^ (x >> 32); pos += step4; }
+    uint64_t h = acc[0] + acc[1] + acc[2] + acc[3];
+    for (; i < n; i++) h += fp_mix(w[i], base + (uint64_t)i);
+    return h; }
+static uint64_t fp_u64(const uint64_t *w, int64_t n, uint64_t base) {
+    uint64_t h = 0;
+    for (int64_t i = 0; i < n; i++) h += fp_mix(w[i], base + (uint64_t)i);
+    return h; }
+#define FP_f(x, n, base) fp_u32((const uint32_t *)(x), n, base)
+#define FP_d(x, n, base) fp_u64((const uint64_t *)(x), n, base)
+
+#define STATS(NAME, T, L, FP)                                                                       \
+static void NAME##_block(const T *x, int64_t n, uint64_t base, double *o) {                         \
     const v4d z = {0, 0, 0, 0};                                                                    \
     v4d mn = POS_INF, mx = NEG_INF, sm = z, sq = z;                                                \
     v4l zc = {0};                                                                                  \
@@ -140,14 +170,21 @@ static void NAME##_block(const T *x, int64_t n, double *o) {                    
     double sm2 = hsum(m2);                                                                         \
     for (; i < n; i++) { double t = x[i] - mean; sm2 += t * t; }                                   \
     o[0] = (double)n; o[1] = smn; o[2] = smx; o[3] = ssm; o[4] = sm2; o[5] = ssq; o[6] = szc;       \
+    o[7] = fp_bits(FP(x, n, base));  /* the block is still in cache */                               \
 }                                                                                                  \
-void NAME(const T *x, int64_t n, int64_t block, double *out) {                                     \
+void NAME(const T *x, int64_t n, int64_t block, int64_t base, double *out) {                       \
     for (int64_t s = 0, k = 0; s < n; s += block, k++)                                             \
-        NAME##_block(x + s, n - s < block ? n - s : block, out + 7 * k);                           \
+        NAME##_block(x + s, n - s < block ? n - s : block, (uint64_t)(base + s), out + 8 * k);     \
 }
 
-STATS(stats_f, float, load_f)
-STATS(stats_d, double, load_d)
+STATS(stats_f, float, load_f, FP_f)
+STATS(stats_d, double, load_d, FP_d)
+
+/* the fingerprint alone, of 32-bit words (a file's bytes): one slot per block */
+void fingerprint_u32(const uint32_t *w, int64_t n, int64_t block, int64_t base, double *out) {
+    for (int64_t s = 0, k = 0; s < n; s += block, k++)
+        out[k] = fp_bits(fp_u32(w + s, n - s < block ? n - s : block, (uint64_t)(base + s)));
+}
 """
 
 # no -ffast-math: NaN and the rounding of every elementwise operation must stay as in numpy
@@ -203,9 +240,9 @@ def _bind(path: Path) -> ctypes.CDLL:
     for name in ("pair_ff", "pair_fd", "pair_df", "pair_dd"):
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = [ptr, ptr, i64, i64, f64, f64, ptr], None
-    for name in ("stats_f", "stats_d"):
+    for name in ("stats_f", "stats_d", "fingerprint_u32"):
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = [ptr, i64, i64, ptr], None
+        fn.argtypes, fn.restype = [ptr, i64, i64, i64, ptr], None
     return lib
 
 

@@ -56,7 +56,7 @@ class TensorMetrics:
     rtol: float
     atol: float
     stats_only: bool = False
-    exact: bool = False                  # bit-identical (stats-only: same sha1)
+    exact: bool = False                  # bit-identical (stats-only: same fingerprint)
     # ||port-ref||_2 / ||ref||_2: robust to a few displaced elements (float32 max-pool argmax flips at
     # near-ties move a gradient to another position); what the gradient noise floor is judged on
     rel_l2: float | None = None
@@ -238,7 +238,7 @@ def compare_stats(ref: TensorStats, port: TensorStats, *, rtol: float = 0.0,
     if shape_r != shape_p:
         return TensorMetrics(shape_r, shape_p, math.inf, math.inf, None, None, None, None, scale,
                              rtol=rtol, atol=atol, stats_only=True, rel_l2=math.inf, **counts)
-    if ref.sha1 == port.sha1 and ref.dtype == port.dtype:
+    if ref.fingerprint == port.fingerprint and ref.dtype == port.dtype:
         return TensorMetrics(shape_r, shape_p, 0.0, 0.0, 0.0, None, None, 0.0, scale, rtol=rtol,
                              atol=atol, stats_only=True, exact=True, rel_l2=0.0, **counts)
     n = max(int(np.prod(shape_r)) if shape_r else 1, 1)

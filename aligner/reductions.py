@@ -12,11 +12,10 @@ and counts exactly).
 
 Only the all-finite case is handled here: every function returns None when a sum of squares is not
 finite (a NaN, an Inf or an overflow), and the caller falls back to its exact masked path.
-:func:`array_stats` also hashes the bytes (sha1) while the chunks are reduced on the pool.
+:func:`array_stats` also takes a positional fingerprint of the bits in the same pass (:func:`fingerprint`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ import numpy as np
 
 from aligner import fused_kernel
 
-__all__ = ["PairSums", "ErrorSums", "ArrayStats", "pair_sums", "error_sums", "array_stats", "sha1_of", "CHUNK",
+__all__ = ["PairSums", "ErrorSums", "ArrayStats", "pair_sums", "error_sums", "array_stats", "fingerprint", "bytes_fingerprint", "CHUNK",
            "backend", "set_backend"]
 
 log = logging.getLogger(__name__)
@@ -170,40 +169,32 @@ _KERNEL_TYPES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 # below this many elements one thread runs the whole kernel call (< ~1 ms): waking the pool cost more than it
 # saved on the shared 2-core machine (1e5 float32 pairs: 0.76 G/s inline, 0.54 G/s on two threads)
 _PARALLEL_MIN = 1 << 19
-# below this many bytes the hash is computed after the reduction: handing work to another thread costs more
-_HASH_ASYNC_BYTES = 1 << 20
 _backend: str | None = None      # "c" or "numpy"; resolved at first use
 _backend_lock = threading.Lock()
 
 
 def _run_blocks(fn: Any, arrays: tuple[np.ndarray, ...], extra: tuple[float, ...], fields: int,
-                beside: Callable[[], Any] | None = None) -> tuple[np.ndarray, Any]:
-    """(partials transposed to (fields, chunks), ``beside()``). Large arrays: block ranges on the pool;
-    with ``beside`` (the sha1 of a stats-only summary) the kernel runs on one pool thread while the
-    calling thread hashes, the hash being the slower of the two."""
+                base: bool = False) -> np.ndarray:
+    """Per-chunk partials transposed to (fields, chunks); large arrays in block ranges on the pool. ``base``:
+    the kernel also takes the index of its first element (the fingerprint is positional)."""
     flat = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
     n = flat[0].size
     chunks = -(-n // CHUNK)
     out = np.empty((chunks, fields))
-    if beside is not None:
-        per, use_pool = chunks, sum(f.nbytes for f in flat) >= _HASH_ASYNC_BYTES and _WORKERS > 1
-    else:
-        # whole chunks per thread: the partials are the same for any thread count
-        per = -(-chunks // _WORKERS) if n >= _PARALLEL_MIN else chunks
-        use_pool = per < chunks
+    # whole chunks per thread: the partials are the same for any thread count
+    per = -(-chunks // _WORKERS) if n >= _PARALLEL_MIN else chunks
 
     def run(k0: int) -> None:
         s, e = k0 * CHUNK, min((k0 + per) * CHUNK, n)
-        fn(*(f.ctypes.data + s * f.itemsize for f in flat), e - s, CHUNK, *extra, out[k0:].ctypes.data)
+        fn(*(f.ctypes.data + s * f.itemsize for f in flat), e - s, CHUNK, *((s,) if base else ()), *extra,
+           out[k0:].ctypes.data)
 
-    if not use_pool:
+    if per >= chunks:
         run(0)
-        return out.T, (beside() if beside is not None else None)
-    futures = [_get_pool().submit(run, k) for k in range(0, chunks, per)]
-    side = beside() if beside is not None else None
-    for f in futures:
+        return out.T
+    for f in [_get_pool().submit(run, k) for k in range(0, chunks, per)]:
         f.result()
-    return out.T, side
+    return out.T
 
 
 def _kernel_pair(ref: np.ndarray, port: np.ndarray, rtol: float, atol: float) -> Sequence[Sequence[float]] | None:
@@ -212,7 +203,7 @@ def _kernel_pair(ref: np.ndarray, port: np.ndarray, rtol: float, atol: float) ->
         return None
     lib = fused_kernel.load()
     return _run_blocks(getattr(lib, f"pair_{tr}{tp}"), (ref, port), (float(rtol), float(atol)),
-                       fused_kernel.PAIR_FIELDS)[0]
+                       fused_kernel.PAIR_FIELDS)
 
 
 def _probe_agrees() -> bool:
@@ -225,15 +216,17 @@ def _probe_agrees() -> bool:
     lib = fused_kernel.load()
     for a, b in ((r, p), (r.astype(np.float32), p.astype(np.float32)), (r.astype(np.float32), p)):
         fast = _run_blocks(getattr(lib, f"pair_{_KERNEL_TYPES[a.dtype]}{_KERNEL_TYPES[b.dtype]}"), (a, b),
-                           (1e-3, 1e-6), fused_kernel.PAIR_FIELDS)[0]
+                           (1e-3, 1e-6), fused_kernel.PAIR_FIELDS)
         slow = np.array(_numpy_pair(a, b, 1e-3, 1e-6), dtype=np.float64)
         exact = [0, 1, 2, 3, 9, 10]   # counts and maxima
         if not (np.array_equal(fast[exact], slow[exact]) and np.allclose(fast, slow, rtol=1e-12, atol=0)):
             return False
-        fast = _run_blocks(getattr(lib, f"stats_{_KERNEL_TYPES[a.dtype]}"), (a,), (), fused_kernel.STATS_FIELDS)[0]
+        fast = _run_blocks(getattr(lib, f"stats_{_KERNEL_TYPES[a.dtype]}"), (a,), (), fused_kernel.STATS_FIELDS,
+                           base=True)
         slow = np.array(_numpy_stats(a), dtype=np.float64)
         if not (np.array_equal(fast[[0, 1, 2, 6]], slow[[0, 1, 2, 6]])
-                and np.allclose(fast, slow, rtol=1e-12, atol=1e-12 * float(np.abs(slow[3]).max()))):
+                and np.allclose(fast[:7], slow, rtol=1e-12, atol=1e-12 * float(np.abs(slow[3]).max()))
+                and _fingerprint_of(fast[7]) == _numpy_fingerprint(a)):
             return False
     return True
 
@@ -241,6 +234,9 @@ def _probe_agrees() -> bool:
 def backend() -> str:
     """``"c"`` when the compiled kernel is in use, else ``"numpy"``."""
     global _backend
+    resolved = _backend
+    if resolved is not None:  # the common case, without the lock (called once per captured tensor)
+        return resolved
     with _backend_lock:
         if _backend is None:
             _backend = "numpy"
@@ -298,23 +294,64 @@ def error_sums(ref: np.ndarray, port: np.ndarray) -> ErrorSums | None:
     return out
 
 
-def sha1_of(c: np.ndarray) -> str:
-    """sha1 of a C-contiguous array's bytes, hashed in place."""
-    return hashlib.sha1(memoryview(c).cast("B") if c.size else c.tobytes()).hexdigest()
+def _fingerprint_of(bits: np.ndarray) -> str:
+    """The fingerprint string from per-chunk sums (uint64 bit patterns held in float64 slots)."""
+    total = int(np.ascontiguousarray(bits).view(np.uint64).sum(dtype=np.uint64)) if bits.size else 0
+    return f"fp1:{total:016x}"
+
+
+def _numpy_fingerprint(c: np.ndarray) -> str:
+    """The kernel's fingerprint (see FINGERPRINT in :mod:`aligner.fused_kernel`) by numpy, for any dtype: each
+    element's bits zero-extended to 64, mixed with its position, summed mod 2^64 (uint64 arithmetic wraps)."""
+    flat = np.ascontiguousarray(c).reshape(-1)
+    words = flat.view(f"u{flat.itemsize}") if flat.itemsize in (1, 2, 4, 8) else flat.view(np.uint8)
+    total = np.uint64(0)
+    step, mul = np.uint64(fused_kernel.FP_STEP), np.uint64(fused_kernel.FP_MUL)
+    with np.errstate(over="ignore"):
+        for s in range(0, words.size, CHUNK):
+            w = words[s:s + CHUNK].astype(np.uint64)
+            x = w + np.arange(s, s + w.size, dtype=np.uint64) * step
+            x ^= x >> np.uint64(29)
+            x *= mul
+            x ^= x >> np.uint64(32)
+            total += x.sum(dtype=np.uint64)
+    return f"fp1:{int(total):016x}"
+
+
+def bytes_fingerprint(data: np.ndarray) -> str:
+    """The fingerprint of a byte buffer (a uint8 array, e.g. a memory-mapped file): its 32-bit words as
+    :func:`fingerprint` takes them, then the tail bytes and the length (integrity checks of trace files)."""
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    n = raw.size - raw.size % 4
+    words = raw[:n].view(np.uint32)
+    if words.size and backend() == "c":
+        digest = _fingerprint_of(_run_blocks(fused_kernel.load().fingerprint_u32, (words,), (), 1, base=True)[0])
+    else:
+        digest = _numpy_fingerprint(words)
+    return f"{digest}:{raw[n:].tobytes().hex()}:{raw.size}"
+
+
+def fingerprint(c: np.ndarray) -> str:
+    """A cheap positional fingerprint of an array's bits (bit-exact identity, not a cryptographic hash): equal
+    bits give equal fingerprints; one changed or moved element always changes it."""
+    t = _KERNEL_TYPES.get(c.dtype)
+    if t is not None and c.size and backend() == "c":
+        return array_stats(c)[1]
+    return _numpy_fingerprint(c)
 
 
 def array_stats(c: np.ndarray) -> tuple[ArrayStats | None, str]:
-    """(stats, sha1) of a non-empty C-contiguous numeric array; stats None if not all finite.
-
-    hashlib releases the GIL on large buffers, so the hash runs beside the chunk reductions."""
+    """(stats, fingerprint) of a non-empty C-contiguous numeric array from one pass; stats None if not all
+    finite."""
     t = _KERNEL_TYPES.get(c.dtype)
+    if t is not None and c.size <= CHUNK and backend() == "c":
+        return _one_block_stats(c, t)
     if t is not None and backend() == "c":
-        col, digest = _run_blocks(getattr(fused_kernel.load(), f"stats_{t}"), (c,), (), fused_kernel.STATS_FIELDS,
-                                  beside=lambda: sha1_of(c))
+        col = _run_blocks(getattr(fused_kernel.load(), f"stats_{t}"), (c,), (), fused_kernel.STATS_FIELDS, base=True)
+        digest = _fingerprint_of(col[7])
     else:
-        hashing = _get_pool().submit(sha1_of, c) if (c.nbytes >= _HASH_ASYNC_BYTES and _WORKERS > 1) else None
         col = _numpy_stats(c)
-        digest = hashing.result() if hashing is not None else sha1_of(c)
+        digest = _numpy_fingerprint(c)
     n = int(sum(col[0]))
     total = math.fsum(col[3])
     mean = total / n
@@ -324,3 +361,15 @@ def array_stats(c: np.ndarray) -> tuple[ArrayStats | None, str]:
         return None, digest
     return ArrayStats(float(min(col[1])), float(max(col[2])), mean, math.sqrt(max(m2, 0.0) / n), math.sqrt(sq),
                       int(sum(col[6]))), digest
+
+
+def _one_block_stats(c: np.ndarray, t: str) -> tuple[ArrayStats | None, str]:
+    """:func:`array_stats` of an array of one chunk: one kernel call, no pool, no combining (most captured
+    tensors are small, and there the Python around the kernel was most of the cost)."""
+    out = np.empty(fused_kernel.STATS_FIELDS)
+    getattr(fused_kernel.load(), f"stats_{t}")(c.ctypes.data, c.size, CHUNK, 0, out.ctypes.data)
+    digest = f"fp1:{int(out[7:].view(np.uint64)[0]):016x}"
+    n, lo, hi, total, m2, sq, zeros = out[:7].tolist()
+    if not (math.isfinite(total) and math.isfinite(m2) and math.isfinite(sq)):
+        return None, digest
+    return ArrayStats(lo, hi, total / n, math.sqrt(max(m2, 0.0) / n), math.sqrt(sq), int(zeros)), digest

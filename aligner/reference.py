@@ -25,7 +25,7 @@ from .records import Trace
 from .reference_cache import ReferenceCache, digest_arrays, digest_files, digest_tree
 from .runconfig import RunConfig
 
-__all__ = ["Reference", "CACHE_FORMAT", "REFERENCE_SOURCES", "reference_sources", "sources_unchanged"]
+__all__ = ["Reference", "compact", "CACHE_FORMAT", "REFERENCE_SOURCES", "reference_sources", "sources_unchanged"]
 
 Weights = dict[str, dict[str, np.ndarray]]
 
@@ -36,7 +36,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SOURCES: tuple[str, ...] = (
     "reference_torch", "aligner/adapters/torch_adapter.py", "aligner/adapters/base.py",
     "aligner/adapters/recording.py", "aligner/capture.py", "aligner/records.py", "aligner/trace_io.py",
-    "aligner/reductions.py", "aligner/weights.py", "aligner/initcheck.py", "aligner/comparability.py",
+    "aligner/reductions.py", "aligner/fused_kernel.py", "aligner/weights.py", "aligner/initcheck.py", "aligner/comparability.py",
     "aligner/adapters/__init__.py", "aligner/pairs/base.py", "aligner/reference.py", "aligner/reference_cache.py",
 )
 
@@ -241,7 +241,7 @@ class Reference:
         self.captures += 1
         trace = capture_in_process(other, "torch", states=[state], full=not self.config.stats_only, init=False,
                                    **self._extra())[state]
-        return _compact(trace) if self.pair.dtype == "float32" else trace
+        return compact(trace) if self.pair.dtype == "float32" else trace
 
     def _other_pair(self) -> Pair | None:
         if not self.config.noise_floor:
@@ -252,7 +252,7 @@ class Reference:
             return None
 
 
-def _compact(trace: Trace) -> Trace:
+def compact(trace: Trace) -> Trace:
     """The float64 reference with its tensors rounded to float32 (half the memory). It only measures
     errors of float32 runs, whose bounds are >= 1e-5 relative, far above float32 rounding (6e-8)."""
     arrays = {k: (v.astype(np.float32) if v.dtype == np.float64 and not k.startswith("stage/") else v)

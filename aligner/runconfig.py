@@ -9,7 +9,9 @@ from typing import Any
 
 from .tolerances import Tolerances
 
-__all__ = ["RunConfig", "Port"]
+__all__ = ["RunConfig", "Port", "ISOLATE_MODES"]
+
+ISOLATE_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,10 @@ class RunConfig:
     the torch reference's traces are reused from (:mod:`aligner.reference_cache`): True the default
     directory (``$ALIGNER_CACHE_DIR`` or ``~/.cache/aligner/reference``), a path that directory, False
     capture them every run; it changes no result, only whether the reference is captured again.
-    ``isolate``: also replay every matched module on the reference's own inputs (module isolation,
-    :mod:`aligner.isolation`), so each module's own deviation is found even behind an earlier one.
+    ``isolate``: replay every matched module on the reference's own inputs (module isolation,
+    :mod:`aligner.isolation`), so each module's own deviation is found even behind an earlier one:
+    ``"auto"`` in the states whose end-to-end comparison finds a difference (a matching port pays nothing),
+    ``"always"`` (or True) in every state, ``"never"`` (or False) not at all.
     """
     states: tuple[str, ...] = ()
     noise_floor: bool = True
@@ -33,10 +37,14 @@ class RunConfig:
     tolerances: Tolerances | Mapping[str, Any] | None = None
     mapping: Mapping[str, str] | str | Path | None = None
     cache: bool | str | Path = True
-    isolate: bool = True
+    isolate: bool | str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "states", tuple(self.states or ()))  # a list or None given by a caller
+        mode = {True: "always", False: "never"}.get(self.isolate, self.isolate)  # type: ignore[call-overload]
+        if mode not in ISOLATE_MODES:
+            raise ValueError(f"isolate must be one of {', '.join(ISOLATE_MODES)} (or True/False), not {self.isolate!r}")
+        object.__setattr__(self, "isolate", mode)
 
     def states_of(self, pair: Any) -> tuple[str, ...]:
         """The states a run of ``pair`` checks, in order."""

@@ -31,7 +31,7 @@ def _same_value(a: Tensor | None, b: Tensor | None) -> bool:
         return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
     sa = a if isinstance(a, TensorStats) else TensorStats.of(a)
     sb = b if isinstance(b, TensorStats) else TensorStats.of(b)
-    return sa.sha1 == sb.sha1
+    return sa.fingerprint == sb.fingerprint
 
 
 class Side:

@@ -4,23 +4,28 @@ Layout of one trace (one framework, one model state)::
 
     DIR/manifest.json   {"trace_format", "meta", "calls", "params", "modules", "stats", "stages", "arrays",
                          "files", "checksum"}
-    DIR/arrays.npz      np.savez of Trace.arrays (keys as in records.py), loaded with allow_pickle=False
+    DIR/arrays.npz      np.savez of Trace.arrays (keys as in records.py), read back as copy-on-write views of
+                        the mapped file (no pickles; a member numpy would not store uncompressed is read normally)
     DIR/.aligner-output marker: the directory was written by the aligner and may be replaced
 
 A capture of several states writes a *trace set*: ``ROOT/index.json`` (``{"trace_format", "framework",
 "states": [...], "checksum"}``) and one trace directory per state, ``ROOT/<state>/``.
 
-Integrity: ``files`` maps each array file of the directory to its sha256, ``checksum`` is the sha256 of
-the document's own canonical JSON without that key; a trace whose bytes changed is refused, not read.
+Integrity: ``files`` maps each array file of the directory to its fingerprint (format 4; sha256 in formats
+1-3), checked beside the load; ``checksum`` is the sha256 of the document's own canonical JSON without that
+key; a trace whose bytes changed is refused, not read.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -30,6 +35,7 @@ import numpy as np
 
 from .errors import TraceFormatError
 from .fsio import atomic_dir, read_json_bytes
+from .reductions import bytes_fingerprint
 from .records import CallRecord, FrozenBy, GradStatus, ModuleInfo, ParamInfo, ParamKind, TensorStats, Trace
 
 __all__ = ["TRACE_FORMAT", "MANIFEST", "ARRAYS", "INDEX", "write_trace", "read_trace", "is_trace_dir",
@@ -46,8 +52,12 @@ __all__ = ["TRACE_FORMAT", "MANIFEST", "ARRAYS", "INDEX", "write_trace", "read_t
 #   3  integrity and comparability: ``files`` (sha256 of arrays.npz and weights.npz), ``checksum`` (of the
 #      manifest / index itself), ``meta["inputs_sha256"]`` and ``meta["weights_sha256"]`` (see
 #      aligner/comparability.py). Formats 1 and 2 are still read, without these checks.
-TRACE_FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+#   4  stats carry ``fingerprint`` (a positional 64-bit fingerprint of the bits, "fp1:<hex>") instead of
+#      ``sha1``; an older trace's sha1 reads as fingerprint "sha1:<hex>", equal only to another sha1. ``files``
+#      holds each array file's fingerprint ("fp1:<hex>:<tail bytes>:<length>", aligner.reductions.bytes_fingerprint)
+#      instead of its sha256 (formats 1-3 are still checked by sha256).
+TRACE_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 _V3_KEYS = ("files", "checksum")
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
@@ -93,10 +103,18 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_fingerprint(path: Path) -> str:
+    """Format 4's digest of an array file: :func:`aligner.reductions.bytes_fingerprint` of its bytes (the
+    compiled kernel reads several GB/s; sha256, formats 1-3, about 1)."""
+    if path.stat().st_size == 0:
+        return bytes_fingerprint(np.zeros(0, np.uint8))
+    return bytes_fingerprint(np.memmap(path, dtype=np.uint8, mode="r"))
+
+
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> str:
     with open(path, "wb") as f:
         np.savez(f, **arrays)
-    return _sha_file(path)
+    return _file_fingerprint(path)
 
 
 def _write_into(trace: Trace, d: Path, weights: dict[str, np.ndarray] | None = None) -> None:
@@ -176,26 +194,69 @@ def _verify_file(d: Path, doc: dict[str, Any], name: str) -> None:
     if not isinstance(want, str):
         raise TraceFormatError(f"{d / MANIFEST}: no checksum recorded for {name}")
     try:
-        got = _sha_file(d / name)
+        got = _file_fingerprint(d / name) if want.startswith("fp1:") else _sha_file(d / name)
     except OSError as exc:
         raise TraceFormatError(f"{d / name}: unreadable ({exc.strerror or exc})") from None
     if got != want:
         raise TraceFormatError(f"{d / name}: checksum mismatch (the file was changed or damaged)")
 
 
+# an .npy header (magic, length, dict) fits in this many bytes for any array a trace holds
+_NPY_HEADER_MAX = 1 << 16
 # everything numpy/zipfile raise on a damaged .npz
-_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError)
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError,
+               struct.error)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, mapped from the file (copy-on-write: no read until used, no copy unless written);
+    a member that cannot be mapped (compressed, or not a plain .npy) is read as numpy reads it."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            mapped = np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else None
+            out: dict[str, np.ndarray] = {}
+            for info in infos:
+                name = info.filename.removesuffix(".npy")
+                arr = _mapped_member(mapped, info) if mapped is not None else None
+                if arr is None:
+                    with zf.open(info) as member:
+                        arr = np.lib.format.read_array(member, allow_pickle=False)
+                out[name] = arr
+            return out
     except _NPZ_ERRORS as exc:
         raise TraceFormatError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
+def _mapped_member(mapped: np.ndarray, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A stored (uncompressed) .npy member as a view of the mapped file; None when it is not one."""
+    if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+        return None
+    off = info.header_offset
+    local = mapped[off:off + 30].tobytes()
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"member {info.filename}: no local header")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = off + 30 + name_len + extra_len
+    head = io.BytesIO(mapped[start:start + min(info.file_size, _NPY_HEADER_MAX)].tobytes())
+    version = np.lib.format.read_magic(head)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        return None
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(head)
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename}: object arrays are not read")
+    data = start + head.tell()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if head.tell() + nbytes != info.file_size or data + nbytes > mapped.size:
+        raise ValueError(f"member {info.filename}: {info.file_size} bytes, header says {head.tell() + nbytes}")
+    return np.ndarray(shape, dtype=dtype, buffer=mapped, offset=data, order="F" if fortran else "C")
+
+
 def _stats(d: dict[str, Any]) -> TensorStats:
+    d = dict(d)
+    if "sha1" in d:  # formats 1-3
+        d["fingerprint"] = f"sha1:{d.pop('sha1')}"
     return TensorStats(**{**d, "shape": tuple(d["shape"])})
 
 
@@ -226,8 +287,14 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceFormatError(f"{d / MANIFEST}: malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
     arrays: dict[str, np.ndarray] = {}
     if index or doc["trace_format"] >= 3:
-        _verify_file(d, doc, ARRAYS)
-        arrays = _load_npz(d / ARRAYS)
+        # the checksum is computed beside the load (hashlib and zlib release the GIL); a mismatch wins over
+        # whatever the load raised
+        with ThreadPoolExecutor(1, thread_name_prefix="aligner-verify") as pool:
+            check = pool.submit(_verify_file, d, doc, ARRAYS)
+            try:
+                arrays = _load_npz(d / ARRAYS)
+            finally:
+                check.result()
     stored = set(index) - set(shared)
     if set(arrays) != stored:
         raise TraceFormatError(f"{d}: arrays.npz keys differ from the manifest "

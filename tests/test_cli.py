@@ -90,6 +90,19 @@ def _fake_run_pair(variant: str, calls: list[dict[str, Any]]) -> Any:
     return run_pair
 
 
+@pytest.mark.parametrize("args, mode", [([], "auto"), (["--isolate", "always"], "always"),
+                                        (["--isolate", "never"], "never"), (["--no-isolate"], "never")])
+def test_run_isolate_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], mode: str) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(aligner.api, "run_pair", _fake_run_pair("pass", calls), raising=False)
+    r = CliRunner().invoke(cli, ["run", "--model", "gold_yolo-n", "--img-size", "128", "--out", str(tmp_path / "o"),
+                                 *args])
+    assert r.exit_code == 0, r.output
+    assert calls[0]["isolate"] == mode
+    bad = CliRunner().invoke(cli, ["run", "--model", "gold_yolo-n", "--out", str(tmp_path / "p"), "--isolate", "x"])
+    assert bad.exit_code == 2 and "--isolate" in bad.output
+
+
 @pytest.mark.parametrize("variant,code", [("pass", 0), ("broken", 1)])
 def test_run_writes_outputs_and_maps_verdict(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variant: str,
                                              code: int) -> None:
@@ -103,7 +116,7 @@ def test_run_writes_outputs_and_maps_verdict(monkeypatch: pytest.MonkeyPatch, tm
     assert callable(calls[0].pop("progress"))  # progress lines also when not on a terminal (CI logs)
     assert calls == [{"model": "gold_yolo-n", "num_classes": 20, "img_size": 500, "seed": 0, "dtype": "float64",
                       "stats_only": False, "steps": 2, "states": None, "noise_floor": True, "use_dfl": True,
-                      "iou_type": "giou", "cache": True}]
+                      "iou_type": "giou", "cache": True, "isolate": "auto"}]
     assert "use_dfl=True, reg_max=16, iou_type=giou" in r.output  # the configuration in use is printed
     assert {p.name for p in out.iterdir()} == {"index.html", "results.json", "layers.csv", "summary.md",
                                                ".aligner-output"}

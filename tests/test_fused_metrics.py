@@ -1,7 +1,6 @@
 """The fused reductions (compiled kernel and numpy path) against plain float64 numpy computed here."""
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import fingerprint_ref
 from aligner import fused_kernel, reductions
 from aligner.metrics import compare_arrays, rel_error, rel_l2_error
 from aligner.records import TensorStats
@@ -127,10 +127,21 @@ def test_tensor_stats_match_float64_numpy(backend, dtype):
     assert (s.min, s.max, s.zero_frac, s.nan, s.inf) == (x.min(), x.max(), np.sum(x == 0) / x.size, 0, 0)
     assert _fsum_rel(s.mean, mean) <= 1e-12 and _fsum_rel(s.std, std) <= 1e-12
     assert _fsum_rel(s.l2, math.sqrt(math.fsum(x * x))) <= 1e-12
-    assert s.sha1 == hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+    assert s.fingerprint == fingerprint_ref.fingerprint(a)
     b = a.copy()
     b.reshape(-1).view(np.uint8)[-b.itemsize] ^= 1   # the lowest bit of the last element (little-endian)
-    assert TensorStats.of(b).sha1 != s.sha1
+    assert TensorStats.of(b).fingerprint != s.fingerprint
+    c = a.copy()
+    c[0, [1, 2]] = c[0, [2, 1]]                      # two different elements swapped
+    assert c[0, 1] != c[0, 2] and TensorStats.of(c).fingerprint != s.fingerprint
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_fingerprint_of_a_tensor_split_over_threads(backend, dtype):
+    """Above the parallel threshold each thread's blocks start mid-tensor: positions stay global."""
+    a = np.random.default_rng(3).standard_normal(reductions._PARALLEL_MIN + 4 * CHUNK + 5) * 1e3
+    a = a.astype(dtype)
+    assert TensorStats.of(a).fingerprint == fingerprint_ref.fingerprint(a)
 
 
 def test_tensor_stats_non_finite(backend):

@@ -86,3 +86,25 @@ def test_small_pair_isolation(fault: str | None, expected: list[str]) -> None:
         f = next(f for f in res.findings if f.type == FindingType.MODULE_DEVIATION)
         assert f.evidence["enclosing"] == ["down"]
         assert f.evidence["failed"][0]["kind"] == "forward"
+
+
+@pytest.mark.parametrize("fault, replayed", [(None, 0), ("bn_eps", 33)])
+def test_auto_isolation_replays_only_states_that_differ(fault: str | None, replayed: int) -> None:
+    """The default: a state whose end-to-end comparison matches is not replayed (a correct port pays nothing);
+    one that differs is replayed in full and its module named."""
+    from aligner import api
+    from aligner.runconfig import Port
+
+    res = api.run_pair("small", states=["perturbed"], port=Port(options={"fault": fault}) if fault else None)
+    block = res.isolation["perturbed"]
+    assert block["replayed"] == replayed and block.get("not_needed", False) == (fault is None)
+    found = [f.location for f in res.findings if f.type == FindingType.MODULE_DEVIATION]
+    assert found == (["down.bn"] if fault else [])
+
+
+def test_isolate_modes_are_checked() -> None:
+    from aligner.runconfig import RunConfig
+
+    assert [RunConfig(isolate=v).isolate for v in (True, False, "auto")] == ["always", "never", "auto"]
+    with pytest.raises(ValueError, match="isolate must be one of"):
+        RunConfig(isolate="sometimes")

@@ -30,19 +30,25 @@ def _result_doc(result):
     return doc
 
 
-def test_cached_run_captures_no_reference_and_gives_the_same_result(tmp_path):
+@pytest.mark.parametrize("fault, captures", [("bn_eps", 4), (None, 2)])
+def test_cached_run_captures_no_reference_and_gives_the_same_result(tmp_path, fault, captures):
+    """Two states; the float64 reference is captured (and cached) only where a tensor needs it: everywhere for a
+    port with a wrong BatchNorm eps, nowhere for the correct one (aligner/noise_gate.py)."""
     from aligner.api import run
+    from aligner.runconfig import Port
 
     pair, cfg = get_pair("small"), RunConfig()
-    plain = run(pair, cfg, reference=Reference(pair, cfg))
+    port = Port(options={"fault": fault}) if fault else None
+    plain = run(pair, cfg, reference=Reference(pair, cfg), port=port)
     cold_ref = Reference(pair, cfg, cache=ReferenceCache(tmp_path))
-    cold = run(pair, cfg, reference=cold_ref)
+    cold = run(pair, cfg, reference=cold_ref, port=port)
     warm_ref = Reference(pair, cfg, cache=ReferenceCache(tmp_path))
-    warm = run(pair, cfg, reference=warm_ref)
+    warm = run(pair, cfg, reference=warm_ref, port=port)
 
-    assert cold_ref.captures == 4  # two states, each at both precisions
-    assert cold_ref.cache.stores == 4
-    assert warm_ref.captures == 0 and warm_ref.cache.hits == 4
+    assert cold_ref.captures == captures
+    assert cold.run["noise_floor_not_needed"] == ([] if fault else ["init", "perturbed"])
+    assert cold_ref.cache.stores == captures
+    assert warm_ref.captures == 0 and warm_ref.cache.hits == captures
     rows = [r.to_row() for r in plain.rows]
     assert rows and [r.to_row() for r in warm.rows] == rows == [r.to_row() for r in cold.rows]
     findings = [f.to_dict(str(i)) for i, f in enumerate(plain.findings)]

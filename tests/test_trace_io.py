@@ -1,6 +1,7 @@
 """Trace directories: round trip, version check, corruption, atomic replace. Pure numpy (no framework)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 
@@ -75,6 +76,39 @@ def test_round_trip_identical(tmp_path, full):
     _same(t, back)
     assert isinstance(back.params[0].kind, ParamKind) and back.params[2].frozen_by is FrozenBy.EVAL
     assert back.calls[2].shape == (3,) and back.calls[0].input_keys == ("input/0",)
+
+
+def test_arrays_are_mapped_copy_on_write(tmp_path):
+    """Read arrays are views of the mapped file: writable, and writing one leaves the file (and the next read)
+    as it was."""
+    t = _trace()
+    path = write_trace(t, tmp_path / "tr")
+    before = (path / "arrays.npz").read_bytes()
+    back = read_trace(path)
+    key = next(k for k, v in back.arrays.items() if v.size and v.dtype.kind == "f")
+    back.arrays[key][...] = 123.0
+    assert (path / "arrays.npz").read_bytes() == before
+    _same(t, read_trace(path))
+
+
+def test_compressed_or_sha256_traces_still_read(tmp_path):
+    """A format-3 trace (sha256 of its files, sha1 in its stats) whose arrays were written compressed reads
+    through numpy."""
+    t = _trace(full=False)
+    path = write_trace(t, tmp_path / "tr")
+    arrays = dict(np.load(path / "arrays.npz"))
+    np.savez_compressed(path / "arrays.npz", **arrays)
+    doc = json.loads((path / "manifest.json").read_text())
+    doc["files"]["arrays.npz"] = hashlib.sha256((path / "arrays.npz").read_bytes()).hexdigest()
+    doc = {**doc, "stats": {k: {**{f: v for f, v in s.items() if f != "fingerprint"}, "sha1": "0" * 40}
+                            for k, s in doc["stats"].items()}}
+    doc["trace_format"] = 3
+    doc["checksum"] = _checksum(doc)
+    (path / "manifest.json").write_text(json.dumps(doc))
+    back = read_trace(path)
+    for k, v in t.arrays.items():
+        assert np.array_equal(back.arrays[k], v)
+    assert back.stats and all(s.fingerprint == "sha1:" + "0" * 40 for s in back.stats.values())
 
 
 def test_traces_written_before_the_compatible_additions_still_read(tmp_path):
@@ -173,7 +207,7 @@ def test_tensor_stats_against_numpy():
     assert s.min == -2.0 and s.max == 3.0 and s.zero_frac == pytest.approx(1 / 6)
     assert s.mean == pytest.approx(fin.mean()) and s.std == pytest.approx(fin.std())
     assert s.l2 == pytest.approx(np.sqrt((fin ** 2).sum()))
-    assert s.sha1 != TensorStats.of(a.astype(np.float64)).sha1  # bytes differ with the dtype
+    assert s.fingerprint != TensorStats.of(a.astype(np.float64)).fingerprint  # bits differ with the dtype
     assert TensorStats.of(np.zeros(0)).zero_frac == 0.0
 
 
