@@ -3,10 +3,11 @@
 A registered pair names everything that determines its reference (:class:`aligner.reference.Reference`); a model
 handed to ``align`` does not, so the key is read off the objects: the source of every module class the model is
 made of (outside torch itself) and of the loss, the exact values of every parameter and buffer, each module's
-train/eval mode and settings (its public non-tensor attributes), the inputs and targets, the capture options, the aligner's own reference-side code and the
-library versions. What cannot be read off is not guessed: a loss that is not a plain function, or one whose
-closure or defaults hold anything but numbers, strings and arrays, a module holding a function or another object
-as an attribute, targets that are not numpy: no key, and the run captures as before.
+train/eval mode and settings (its public non-tensor attributes), the inputs and targets, the capture options, the
+aligner's own reference-side code and the library versions. What cannot be read off is not guessed: a loss that
+is not a plain function, or one whose closure or defaults hold anything but numbers, strings and arrays, a module
+holding a function or another object as an attribute, targets that are not numpy: no key, and the run captures as
+before.
 """
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from aligner import fused_kernel
 
-__all__ = ["PairSums", "ErrorSums", "ArrayStats", "pair_sums", "error_sums", "array_stats", "fingerprint", "bytes_fingerprint", "CHUNK",
-           "backend", "set_backend"]
+__all__ = ["PairSums", "ErrorSums", "ArrayStats", "pair_sums", "error_sums", "array_stats", "fingerprint",
+           "bytes_fingerprint", "CHUNK", "backend", "set_backend"]
 
 log = logging.getLogger(__name__)
 

@@ -324,11 +324,12 @@ def render(doc: dict[str, Any]) -> str:
         ok = value >= bound if key == "compare_gps" else value <= bound
         lines.append(f"| {what} | {value:.2f} | {'≥' if key == 'compare_gps' else '≤'} {bound} | "
                      f"{'met' if ok else '**missed**'} |")
-    lines += ["", f"`align` without a cache (first run: the float64 reference captured when a tensor needs it): "
+    lines += ["", "`align` without a cache (first run: the float64 reference captured when a tensor needs it): "
               f"extra cost {got['align_extra_cold']:.2f} bare torch steps.", "",
               "## Bare steps and runs (median seconds)", "",
-              "| GOLD-YOLO-N torch | torch float64 | Jittor | run, cached | run, empty cache | stats-only torch capture "
-              "| conv torch | conv Jittor | align, cached | align, no cache |", "|---|---|---|---|---|---|---|---|---|---|",
+              "| GOLD-YOLO-N torch | torch float64 | Jittor | run, cached | run, empty cache "
+              "| stats-only torch capture | conv torch | conv Jittor | align, cached | align, no cache |",
+              "|---|---|---|---|---|---|---|---|---|---|",
               "| " + " | ".join(f"{med[k]:.3f}" for k in ("t32", "t64", "j", "run_cached", "run_empty", "stats", "ct",
                                                            "cj", "align_cached", "align_cold")) + " |", "",
               "## Where the time goes (each run's own timings, median seconds)", "",
@@ -350,8 +351,15 @@ def render(doc: dict[str, Any]) -> str:
                   "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
         lines += [f"| `{name}` | {calls} | {own} | {cum} |" for name, calls, own, cum in prof[key]]
     mem = doc["memory_worker"]
-    lines += ["", f"Peak memory (fresh process, reference cached, report written): VmHWM {mem.get('vmhwm_mb')} MiB; "
-              f"its run: {json.dumps(mem.get('timings'))}.", ""]
+    steps = (mem.get("hooked_steps") or {}).get("memory") or []
+    around = "; ".join(f"{m['step']}: resident {m['rss_before_mb']} MiB before, {m['rss_after_mb']} after"
+                       for m in steps)
+    lines += ["", "## Where the memory goes", "",
+              "A default run in a fresh process, reference cached, report written: resident "
+              f"{mem.get('rss_start_mb')} MiB after the imports; {around}; peak (VmHWM) {mem.get('vmhwm_mb')} MiB, "
+              "reached after the port's capture, in the comparison (the port's trace, the mapped float32 and "
+              "float64 references, the working set) or the report; "
+              f"{mem.get('rss_end_mb')} MiB at the end. Its timings: {json.dumps(mem.get('timings'))}.", ""]
     return "\n".join(lines)
 
 
