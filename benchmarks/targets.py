@@ -12,7 +12,7 @@ a busy neighbour inflates both):
 * The 5-layer conv net at 320 (four 3x3 conv + BatchNorm + ReLU blocks of 16-64 channels and a 1x1 conv, batch 1,
   probe loss): bare torch and Jittor steps, ``align`` in its default mode (float64 reference captured when a
   tensor needs it) with the reference in the cache and without a cache; extra cost in bare torch steps.
-* Compare throughput: the fused pair metrics over 10^7 float32 pairs (element pairs per second).
+* Compare throughput: the fused pair metrics over 5x10^7 float32 pairs (element pairs per second).
 * Peak resident memory of a default run with the reference cached, in a fresh process (``benchmarks.workers``).
 
 Each run's own timings (``results.json`` ``run.timings``) give where its time goes, and a cProfile of one cached
@@ -195,7 +195,7 @@ class ConvNet:
                          "floor_not_needed": result.run.get("noise_floor_not_needed")}
 
 
-def compare_throughput(n: int = 10_000_000, repeats: int = 5) -> float:
+def compare_throughput(n: int = 50_000_000, repeats: int = 7) -> float:
     from aligner import reductions
     rng = np.random.default_rng(0)
     ref = rng.standard_normal(n).astype(np.float32)
@@ -217,15 +217,18 @@ def peak_of_cached_run(size: int, cache: str) -> dict[str, Any]:
     return json.loads(line[len(RESULT_PREFIX):])
 
 
-def profile_run(gold: GoldSteps, cache: str, top: int = 14) -> dict[str, Any]:
-    """cProfile of one cached default run: the functions with the most time inside them, and the aligner's own
-    functions by cumulative time (what each phase of the run spends its time on)."""
+def profile_run(gold: GoldSteps, cache: str | None, top: int = 14) -> dict[str, Any]:
+    """cProfile of one cached default run (``cache`` None: of one stats-only torch capture): the functions with the
+    most time inside them, and the aligner's own functions by cumulative time."""
     import cProfile
     import pstats
 
     prof = cProfile.Profile()
     prof.enable()
-    gold.run(cache)
+    if cache is None:
+        gold.stats_capture()
+    else:
+        gold.run(cache)
     prof.disable()
     stats = pstats.Stats(prof)
     rows = [(f"{Path(fn).name}:{line}({name})" if fn != "~" else name, nc, tt, ct)
@@ -280,6 +283,7 @@ def main(size: int, rounds: int, out: Path) -> None:
                 details[key].append(info)
         log("profile of one cached run")
         profile = profile_run(gold, cache)
+        stats_profile = profile_run(gold, None)
         log("compare throughput")
         gps = compare_throughput()
         log("peak memory of a cached default run (fresh process)")
@@ -301,7 +305,7 @@ def main(size: int, rounds: int, out: Path) -> None:
            "profiles": {k: _median_timings(v) for k, v in details.items()},
            "verdicts": {k: sorted({str(d["verdict"]) for d in v}) for k, v in details.items()},
            "floor_not_needed": {k: [d["floor_not_needed"] for d in v] for k, v in details.items()},
-           "memory_worker": mem, "profile": profile}
+           "memory_worker": mem, "profile": profile, "stats_profile": stats_profile}
     out.mkdir(parents=True, exist_ok=True)
     (out / "targets.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     (out / "targets.md").write_text(render(doc), encoding="utf-8")
@@ -344,12 +348,15 @@ def render(doc: dict[str, Any]) -> str:
         nn = doc["floor_not_needed"][name]
         lines.append(f"| {name} | " + " | ".join(f"{timings.get(k, 0):.3f}" for k in keys)
                      + f" | {', '.join(doc['verdicts'][name])} | {sum(1 for x in nn if x)}/{len(nn)} |")
-    prof = doc["profile"]
-    for title, key in (("functions with the most time inside them", "self"),
-                       ("the aligner's functions by cumulative time", "aligner_cumulative")):
-        lines += ["", f"Profile of one cached default run (cProfile, {prof['total_s']} s in total): {title}.", "",
-                  "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
-        lines += [f"| `{name}` | {calls} | {own} | {cum} |" for name, calls, own, cum in prof[key]]
+    for what, prof in (("one cached default run", doc["profile"]),
+                       ("one stats-only torch capture", doc.get("stats_profile"))):
+        if not prof:
+            continue
+        for title, key in (("functions with the most time inside them", "self"),
+                           ("the aligner's functions by cumulative time", "aligner_cumulative")):
+            lines += ["", f"Profile of {what} (cProfile, {prof['total_s']} s in total): {title}.", "",
+                      "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
+            lines += [f"| `{name}` | {calls} | {own} | {cum} |" for name, calls, own, cum in prof[key]]
     mem = doc["memory_worker"]
     steps = (mem.get("hooked_steps") or {}).get("memory") or []
     around = "; ".join(f"{m['step']}: resident {m['rss_before_mb']} MiB before, {m['rss_after_mb']} after"
