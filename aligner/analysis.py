@@ -101,8 +101,8 @@ class Analysis:
         rows = None
         memo: dict[tuple[Any, ...], Any] = {}  # metrics of tensor pairs, shared by the passes over this state
         scales = scales_of(st.torch)
-        if reference64 is not None and st.other is None:
-            noise = noise_reference(st, tol)
+        noise = noise_reference(st, tol)
+        if reference64 is not None and st.other is None and tol.noise_floor:  # floor off: never captured
             rows = floor_not_needed(st, tol, matches, sides, maps, self.rules, memo=memo, scales=scales)
             if rows is not None:
                 self.floor_not_needed.append(st.state)

@@ -36,10 +36,8 @@ def floor_not_needed(st: StateTraces, tol: Tolerances, matches: MatchResult, sid
     ``scales`` as in :func:`aligner.compare.compare_rows`: a pass with the floor that follows reuses the metrics."""
     none = NoiseReference(trace=None, lower=False, mismatch=[])
     scales = scales if scales is not None else scales_of(st.torch)
-    if not tol.noise_floor:
-        return compare_rows(st, tol, none, matches, sides, dict(mapping), memo=memo, scales=scales)
     meta_t, meta_j = st.torch.meta, st.jittor.meta
-    if (str(meta_t.get("dtype") or "float32") != "float32" or not meta_t.get("full", True)
+    if (not tol.noise_floor or str(meta_t.get("dtype") or "float32") != "float32" or not meta_t.get("full", True)
             or not meta_j.get("full", True) or meta_t.get("steps") or meta_j.get("steps")
             or min(tol.multiplier, tol.small_multiplier) < 2):
         return None

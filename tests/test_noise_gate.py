@@ -62,3 +62,13 @@ def test_a_port_off_by_more_than_half_a_bound_gets_the_reference():
     asked = []
     analyze([StateTraces(STATE, t, j)], rules=pair.rules(), reference64={STATE: lambda: asked.append(1) or t64})
     assert asked == [1]
+
+
+def test_with_the_noise_floor_off_the_reference_is_never_asked():
+    pair, t, j, t64 = _traces("bn_eps")
+    asked = []
+    res = analyze([StateTraces(STATE, t, j)], rules=pair.rules(), tolerances={"noise_floor": False},
+                  reference64={STATE: lambda: asked.append(1) or t64})
+    eager = analyze([StateTraces(STATE, t, j, t64)], rules=pair.rules(), tolerances={"noise_floor": False})
+    assert asked == [] and _verdicts(res) == _verdicts(eager)
+    assert res.run["noise_floor_not_needed"] == [] and not res.run["noise_floor_available"]
