@@ -111,8 +111,8 @@ class Analysis:
                     self.progress(f"[{st.state}] some tensors are not within half their bound: "
                                   "capturing the float64 reference (noise floor)")
                 st = replace(st, torch64=reference64())
+                noise = noise_reference(st, tol)
         if rows is None:
-            noise = noise_reference(st, tol)
             rows = compare_rows(st, tol, noise, matches, sides, maps, memo=memo, scales=scales)
         step_rows, block = compare_steps(st, tol, noise, maps)
         rescued: list[Comparison] = []

@@ -18,6 +18,7 @@ import click
 
 from aligner.errors import EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, AlignerError, UsageError
 from aligner.progress import Progress, folded_output
+from aligner.runconfig import ISOLATE_MODES
 
 EXIT_HELP = """\b
 Exit codes:
@@ -239,7 +240,7 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
 @click.option("--no-cache", is_flag=True,
               help="Capture the torch reference again instead of reusing it from the reference cache "
                    "($ALIGNER_CACHE_DIR, default ~/.cache/aligner/reference).")
-@click.option("--isolate", "isolate", type=click.Choice(["auto", "always", "never"]), default="auto",
+@click.option("--isolate", "isolate", type=click.Choice(ISOLATE_MODES), default="auto",
               show_default=True,
               help="Module isolation (replaying each module on the reference's own inputs, which finds every "
                    "module's own deviation, not only the first divergence): auto = in the states whose end-to-end "
@@ -262,8 +263,9 @@ def _check_states(pair: str, states: Sequence[str], **options: Any) -> None:
 @click.option("--verbose", is_flag=True, help="Show the frameworks' own output (kernel compiles, warnings).")
 def run(model: str, num_classes: int | None, img_size: int | None, seed: int, dtype: str, out: Path, lang: str,
         fixlog_path: str | None, stats_only: bool, steps: int, states: Sequence[str], no_noise_floor: bool,
-        no_cache: bool, isolate: str, no_isolate: bool, settings: Sequence[str], port_spec: str | None, port_args: str | None,
-        map_path: Path | None, port_loss_spec: str | None, port_loss_args: str | None, verbose: bool) -> None:
+        no_cache: bool, isolate: str, no_isolate: bool, settings: Sequence[str], port_spec: str | None,
+        port_args: str | None, map_path: Path | None, port_loss_spec: str | None, port_loss_args: str | None,
+        verbose: bool) -> None:
     """Capture both frameworks, compare them, and write the report.
 
     GOLD-YOLO sizes run their official configuration (N: no DFL, SIoU; S/M/L: DFL 16, GIoU) unless

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from aligner.analysis_records import Comparison, Judgement, Kind, NoiseReference, StateTraces
@@ -71,5 +72,4 @@ def floor_not_needed(st: StateTraces, tol: Tolerances, matches: MatchResult, sid
 
 
 def _rejudged(row: Comparison, jd: Judgement) -> Comparison:
-    from dataclasses import replace  # noqa: PLC0415
     return replace(row, judgement=jd, rel_fp64=None)

@@ -183,8 +183,7 @@ class TensorStats:
         else:
             mn = mx = mean = std = l2 = float("nan")
         zero_frac = float(np.count_nonzero(x == 0) / n) if n else 0.0
-        return cls(tuple(int(s) for s in a.shape), str(a.dtype), mn, mx, mean, std, l2, nan, inf,
-                   zero_frac, digest)
+        return cls(tuple(map(int, a.shape)), dtype, mn, mx, mean, std, l2, nan, inf, zero_frac, digest)
 
 
 @dataclass(frozen=True)

@@ -294,10 +294,13 @@ def error_sums(ref: np.ndarray, port: np.ndarray) -> ErrorSums | None:
     return out
 
 
+def _fp_text(total: int) -> str:
+    return f"fp1:{total:016x}"
+
+
 def _fingerprint_of(bits: np.ndarray) -> str:
     """The fingerprint string from per-chunk sums (uint64 bit patterns held in float64 slots)."""
-    total = int(np.ascontiguousarray(bits).view(np.uint64).sum(dtype=np.uint64)) if bits.size else 0
-    return f"fp1:{total:016x}"
+    return _fp_text(int(np.ascontiguousarray(bits).view(np.uint64).sum(dtype=np.uint64)) if bits.size else 0)
 
 
 def _numpy_fingerprint(c: np.ndarray) -> str:
@@ -315,7 +318,7 @@ def _numpy_fingerprint(c: np.ndarray) -> str:
             x *= mul
             x ^= x >> np.uint64(32)
             total += x.sum(dtype=np.uint64)
-    return f"fp1:{int(total):016x}"
+    return _fp_text(int(total))
 
 
 def bytes_fingerprint(data: np.ndarray) -> str:
@@ -368,7 +371,7 @@ def _one_block_stats(c: np.ndarray, t: str) -> tuple[ArrayStats | None, str]:
     tensors are small, and there the Python around the kernel was most of the cost)."""
     out = np.empty(fused_kernel.STATS_FIELDS)
     getattr(fused_kernel.load(), f"stats_{t}")(c.ctypes.data, c.size, CHUNK, 0, out.ctypes.data)
-    digest = f"fp1:{int(out[7:].view(np.uint64)[0]):016x}"
+    digest = _fp_text(int(out[7:].view(np.uint64)[0]))
     n, lo, hi, total, m2, sq, zeros = out[:7].tolist()
     if not (math.isfinite(total) and math.isfinite(m2) and math.isfinite(sq)):
         return None, digest

@@ -36,8 +36,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SOURCES: tuple[str, ...] = (
     "reference_torch", "aligner/adapters/torch_adapter.py", "aligner/adapters/base.py",
     "aligner/adapters/recording.py", "aligner/capture.py", "aligner/records.py", "aligner/trace_io.py",
-    "aligner/reductions.py", "aligner/fused_kernel.py", "aligner/weights.py", "aligner/initcheck.py", "aligner/comparability.py",
-    "aligner/adapters/__init__.py", "aligner/pairs/base.py", "aligner/reference.py", "aligner/reference_cache.py",
+    "aligner/reductions.py", "aligner/fused_kernel.py", "aligner/weights.py", "aligner/initcheck.py",
+    "aligner/comparability.py", "aligner/adapters/__init__.py", "aligner/pairs/base.py", "aligner/reference.py",
+    "aligner/reference_cache.py",
 )
 
 

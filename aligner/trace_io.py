@@ -12,7 +12,7 @@ A capture of several states writes a *trace set*: ``ROOT/index.json`` (``{"trace
 "states": [...], "checksum"}``) and one trace directory per state, ``ROOT/<state>/``.
 
 Integrity: ``files`` maps each array file of the directory to its fingerprint (format 4; sha256 in formats
-1-3), checked beside the load; ``checksum`` is the sha256 of the document's own canonical JSON without that
+1-3), checked before the arrays are mapped; ``checksum`` is the sha256 of the document's own canonical JSON without that
 key; a trace whose bytes changed is refused, not read.
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -287,14 +286,8 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceFormatError(f"{d / MANIFEST}: malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
     arrays: dict[str, np.ndarray] = {}
     if index or doc["trace_format"] >= 3:
-        # the checksum is computed beside the load (hashlib and zlib release the GIL); a mismatch wins over
-        # whatever the load raised
-        with ThreadPoolExecutor(1, thread_name_prefix="aligner-verify") as pool:
-            check = pool.submit(_verify_file, d, doc, ARRAYS)
-            try:
-                arrays = _load_npz(d / ARRAYS)
-            finally:
-                check.result()
+        _verify_file(d, doc, ARRAYS)
+        arrays = _load_npz(d / ARRAYS)
     stored = set(index) - set(shared)
     if set(arrays) != stored:
         raise TraceFormatError(f"{d}: arrays.npz keys differ from the manifest "
